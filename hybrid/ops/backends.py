@@ -1,0 +1,101 @@
+"""Which implementation runs each op: mamba_ssm / causal_conv1d on CUDA when installed, else PyTorch.
+
+One guarded import per kernel package, one flag, one warning when a CUDA tensor falls back, and one override:
+`HYBRID_KERNELS=torch` forces the PyTorch path everywhere. The fast and reference forwards share a signature
+(see ssd.py, selective_scan.py, conv1d.py), so callers never branch on the backend.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from einops import rearrange
+
+from .conv1d import causal_conv1d, causal_conv1d_update
+from .selective_scan import selective_scan, selective_state_step
+from .ssd import ssd_chunked, ssd_step
+
+logger = logging.getLogger(__name__)
+
+try:  # Mamba2 chunked scan (Triton)
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as _mamba_chunk_scan
+except Exception:  # noqa: BLE001 - any import failure (missing, ABI mismatch) means "not available"
+    _mamba_chunk_scan = None
+try:  # Mamba1 selective scan (CUDA)
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_selective_scan
+except Exception:  # noqa: BLE001
+    _mamba_selective_scan = None
+try:
+    from causal_conv1d import causal_conv1d_fn as _cuda_conv1d
+except Exception:  # noqa: BLE001
+    _cuda_conv1d = None
+
+_VALID = ("auto", "torch", "mamba_ssm")
+_warned: set[str] = set()
+
+
+def kernel_choice() -> str:
+    """The HYBRID_KERNELS setting ("auto" when unset)."""
+    choice = os.environ.get("HYBRID_KERNELS", "auto").strip().lower() or "auto"
+    if choice not in _VALID:
+        raise ValueError(f"HYBRID_KERNELS={choice!r} is not one of {_VALID}")
+    return choice
+
+
+def _use(kernel, name: str, tensor: torch.Tensor) -> bool:
+    choice = kernel_choice()
+    if choice == "torch" or not tensor.is_cuda:
+        return False
+    if kernel is None:
+        if name not in _warned:
+            _warned.add(name)
+            logger.warning("%s kernel not installed; using the PyTorch path on CUDA (slow). pip install '.[cuda]'", name)
+        return False
+    return True
+
+
+def active_backend(device: torch.device | str = "cpu") -> str:
+    """Name of the backend the mixers use on `device` (for logs and benchmark output)."""
+    if kernel_choice() == "torch" or torch.device(device).type != "cuda":
+        return "torch"
+    return "mamba_ssm" if _mamba_chunk_scan is not None else "torch"
+
+
+def ssd_scan(x, dt, A, B, C, D=None, chunk_size=128, initial_state=None, seq_idx=None):
+    """Mamba2 scan; see ssd.ssd_chunked for shapes. Returns (y, final_state fp32)."""
+    if _use(_mamba_chunk_scan, "mamba_ssm.mamba_chunk_scan_combined", x):
+        y, final = _mamba_chunk_scan(
+            x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state,
+            seq_idx=None if seq_idx is None else seq_idx.to(torch.int32), return_final_states=True,
+        )
+        return y, final.float()
+    return ssd_chunked(x, dt, A, B, C, D, chunk_size, initial_state, seq_idx)
+
+
+def scan_mamba1(u, delta, A, B, C, D=None, initial_state=None, seq_idx=None):
+    """Mamba1 scan; see selective_scan.selective_scan. The CUDA kernel has no initial state or seq_idx."""
+    if initial_state is None and seq_idx is None and _use(_mamba_selective_scan, "mamba_ssm.selective_scan_fn", u):
+        y, last = _mamba_selective_scan(
+            rearrange(u, "b t d -> b d t").contiguous(), rearrange(delta, "b t d -> b d t").contiguous(),
+            A.float(), rearrange(B, "b t g n -> b g n t").contiguous(), rearrange(C, "b t g n -> b g n t").contiguous(),
+            D=None if D is None else D.float(), return_last_state=True,
+        )
+        return rearrange(y, "b d t -> b t d"), last.float()
+    return selective_scan(u, delta, A, B, C, D, initial_state, seq_idx)
+
+
+def conv1d(x, weight, bias=None, initial_state=None, seq_idx=None, activation=None):
+    """Causal depthwise conv; see conv1d.causal_conv1d. x [b, T, C]."""
+    if _use(_cuda_conv1d, "causal_conv1d_fn", x) and initial_state is None:
+        y = _cuda_conv1d(
+            rearrange(x, "b t c -> b c t"), weight, bias,
+            seq_idx=None if seq_idx is None else seq_idx.to(torch.int32), activation=activation,
+        )
+        return rearrange(y, "b c t -> b t c")
+    return causal_conv1d(x, weight, bias, initial_state, seq_idx, activation)
+
+
+conv1d_update = causal_conv1d_update
+ssd_update = ssd_step
+selective_update = selective_state_step

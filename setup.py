@@ -1,0 +1,30 @@
+"""hybrid-distill: attention -> Mamba hybrids by incremental layer-replacement distillation."""
+from setuptools import find_packages, setup
+
+setup(
+    name="hybrid-distill",
+    version="0.1.0",
+    description="Distil a pretrained Transformer into an exact, HF-native attention/Mamba hybrid",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hybrid", "hybrid.*", "distill", "distill.*"]),
+    install_requires=[
+        # A range, so that an installed CPU build (2.13) satisfies it and nothing larger is pulled.
+        "torch>=2.4,<2.15",
+        "transformers>=5.20,<6",
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "einops>=0.7",
+        "safetensors>=0.4",
+        "gguf>=0.10",
+        "trl>=1.0",
+        "math-verify>=0.7",
+        "tqdm",
+    ],
+    extras_require={
+        "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4", "flash-attn>=2.6"],
+        "dev": ["pytest>=8", "matplotlib", "nbclient", "nbformat", "ipykernel"],
+    },
+    entry_points={"console_scripts": ["hybrid-distill=distill.cli:main"]},
+)
