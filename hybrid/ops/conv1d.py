@@ -65,7 +65,7 @@ def conv_state_from_inputs(x, K):
     """The decode state after consuming x [b, T, C]: its last K inputs as [b, C, K], zero-padded on the left."""
     xt = x.transpose(1, 2)
     T = xt.shape[-1]
-    return F.pad(xt, (K - T, 0)) if T < K else xt[..., T - K:]
+    return F.pad(xt, (K - T, 0)) if T < K else xt[..., T - K:].clone(memory_format=torch.contiguous_format)
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):

@@ -62,7 +62,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None, initial_state=None, seq_idx=No
             h = h * (seq_idx[:, t] == seq_idx[:, t - 1]).float()[:, None, None]
         y, h = selective_state_step(h, u[:, t], delta[:, t], A, B[:, t], C[:, t], D)
         ys.append(y)
-    return torch.stack(ys, dim=1).to(u.dtype), h
+    y = torch.stack(ys, dim=1) if ys else u.new_zeros(b, 0, Dm)
+    return y.to(u.dtype), h
 
 
 def selective_state_step(state, u, delta, A, B, C, D=None):

@@ -115,7 +115,8 @@ def ssd_ref(x, dt, A, B, C, D=None, initial_state=None, seq_idx=None):
             S = S * (1 - new_doc)
         y, S = ssd_step(S, x[:, t], dt[:, t], A, B[:, t].repeat_interleave(r, 1), C[:, t].repeat_interleave(r, 1), D)
         ys.append(y)
-    return torch.stack(ys, dim=1).to(x.dtype), S
+    y = torch.stack(ys, dim=1) if ys else x.new_zeros(b, 0, H, P)
+    return y.to(x.dtype), S
 
 
 def ssd_step(state, x, dt, A, B, C, D=None):

