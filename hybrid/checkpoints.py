@@ -63,9 +63,13 @@ def is_hybrid_dir(path: str) -> bool:
 
 def load_hybrid(path: str, dtype=None, device=None) -> HybridForCausalLM:
     """Strictly load a hybrid directory: every tensor present, used, and of the right shape."""
+    # Mismatched shapes are collected (not raised by transformers) so that the error can name them all.
     model, info = HybridForCausalLM.from_pretrained(path, dtype=_dtype(dtype) or torch.float32,
-                                                    output_loading_info=True)
-    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+                                                    output_loading_info=True, ignore_mismatched_sizes=True)
+    problems = {k: sorted(info[k]) for k in ("missing_keys", "unexpected_keys") if info.get(k)}
+    if info.get("mismatched_keys"):
+        problems["mismatched_keys"] = [f"{key}: checkpoint {tuple(ckpt)} vs model {tuple(want)}"
+                                       for key, ckpt, want in sorted(info["mismatched_keys"])]
     if problems:
         raise ValueError(f"checkpoint {path} does not match its config: {problems}")
     return model.to(device) if device is not None else model
