@@ -102,3 +102,14 @@ def test_bad_specs(tmp_path):
         load_pretrained(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="dtype='float8'"):
         load_pretrained(str(tmp_path / "empty"), dtype="float8")
+
+
+def test_plain_transformers_dir_loads_as_teacher(tmp_path):
+    teacher = tiny_teacher("qwen2")
+    teacher.save_pretrained(tmp_path)
+    model, tok = load_pretrained(str(tmp_path), tokenizer=False)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and tok is None
+    ids = torch.randint(3, 97, (1, 9))
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        assert_close(model(ids).logits, teacher(ids).logits, atol=0, rtol=0)

@@ -124,3 +124,25 @@ def test_training_backward_reaches_every_parameter():
     model(ids, labels=ids).loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not no_grad, no_grad
+
+
+def test_sampling_is_seeded_and_reproducible():
+    _, model = make_hybrid("llama", "mamba2", 0.5)
+    ids = torch.randint(3, 97, (3, 6))
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        runs.append(model.generate(ids, max_new_tokens=12, do_sample=True, temperature=1.0, top_k=50, top_p=0.95,
+                                   pad_token_id=0))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_bfloat16_tracks_float32():
+    _, model = make_hybrid("llama", "mamba2", 0.5)
+    ids = torch.randint(3, 97, (2, 50))
+    with torch.no_grad():
+        ref = model(ids).logits
+        low = model.to(torch.bfloat16)(ids).logits
+    assert low.dtype == torch.bfloat16
+    assert_close(low.float(), ref, atol=0.1, rtol=0.05, what="bf16 vs fp32 logits")
