@@ -21,6 +21,8 @@ setup(
         "trl>=1.0",
         "math-verify>=0.7",
         "tqdm",
+        "matplotlib",
+        "pyyaml",
     ],
     extras_require={
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4", "flash-attn>=2.6"],

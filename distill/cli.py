@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -60,6 +61,57 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from .recipe import load_recipe
+    from .schedule import run_distill, summary_table
+
+    recipe = load_recipe(args.config, profile=args.profile, overrides=args.set or [])
+    out = args.out or os.path.join("runs", os.path.basename(os.path.dirname(os.path.abspath(args.config))))
+    summary = run_distill(recipe, out, resume=args.resume)
+    print(summary_table(summary))
+    print(f"-> {out}/summary.md, {out}/final")
+    return 0
+
+
+def cmd_select(args) -> int:
+    from hybrid import load_pretrained
+
+    from .data import DataSpec, build_rows, split_rows
+    from .select import SelectContext, save_selection, select
+
+    teacher, tok = load_pretrained(args.teacher)
+    teacher.requires_grad_(False)
+    rows = train = held = None
+    if args.data:
+        rows = build_rows(DataSpec(source=args.data, format=args.format), tok, args.seq_len)
+        train, held = split_rows(rows, args.eval_rows)
+    sel = select(args.strategy, SelectContext(teacher, args.mixer, train, held), **dict(args.param or []))
+    save_selection(sel, args.out, keep_ratio=args.keep_ratio)
+    print(f"{args.strategy}: replacement order {sel.order}")
+    print(f"kept at {args.keep_ratio}: {sel.kept(args.keep_ratio)} -> {args.out}/select.json, select.png")
+    return 0
+
+
+def cmd_corpus(args) -> int:
+    from hybrid import load_pretrained
+
+    from .corpus import build_corpus, read_prompts
+
+    teacher, tok = load_pretrained(args.teacher)
+    n = build_corpus(teacher, tok, read_prompts(args.prompts), args.out, args.max_new_tokens, args.batch_size,
+                     args.temperature, args.top_p, args.seed)
+    print(f"{n} records -> {args.out}")
+    return 0
+
+
+def _param(text: str):
+    import yaml
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--param {text!r} must look like name=value")
+    k, v = text.split("=", 1)
+    return k, yaml.safe_load(v)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybrid-distill", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +137,38 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
     g.add_argument("--dtype", default=None)
     g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("distill", help="incremental layer replacement: select, transfer, align, KD (a recipe)")
+    d.add_argument("--config", required=True, help="recipes/<model>/distill.yaml")
+    d.add_argument("--profile", default=None, help="a profile of the recipe (e.g. demo)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key, e.g. kd.steps=10")
+    d.add_argument("--out", default=None, help="output folder (default runs/<recipe folder>)")
+    d.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    d.set_defaults(func=cmd_distill)
+
+    s = sub.add_parser("select", help="rank layers for replacement with a selection strategy")
+    s.add_argument("--teacher", required=True)
+    s.add_argument("--strategy", default="uniform")
+    s.add_argument("--mixer", choices=["mamba2", "mamba"], default="mamba2")
+    s.add_argument("--data", default=None, help="jsonl/parquet/arrow data (needed by leave-one-out, kl-guided)")
+    s.add_argument("--format", default="prompt_completion")
+    s.add_argument("--seq-len", type=int, default=256)
+    s.add_argument("--eval-rows", type=int, default=4)
+    s.add_argument("--keep-ratio", type=float, default=0.5)
+    s.add_argument("--param", action="append", type=_param, help="strategy parameter name=value")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_select)
+
+    co = sub.add_parser("corpus", help="sample a distillation corpus from the teacher (resumable)")
+    co.add_argument("--teacher", required=True)
+    co.add_argument("--prompts", required=True, help="a number (synthetic prompts), a .jsonl or a .txt file")
+    co.add_argument("--out", required=True)
+    co.add_argument("--max-new-tokens", type=int, default=96)
+    co.add_argument("--batch-size", type=int, default=16)
+    co.add_argument("--temperature", type=float, default=0.7)
+    co.add_argument("--top-p", type=float, default=0.95)
+    co.add_argument("--seed", type=int, default=0)
+    co.set_defaults(func=cmd_corpus)
     return p
 
 

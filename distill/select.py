@@ -1,14 +1,247 @@
-"""Which attention layers a hybrid keeps. Strategies are registered by name and chosen in recipes."""
+"""Which attention layers a hybrid keeps, as registered strategies chosen by name in a recipe.
+
+A strategy returns a *replacement order* over all layers: order[0] is replaced first, the last layers are kept
+longest. The attention layers kept at keep-ratio r are the last round(r * n) of the order, so the layers kept at
+a smaller ratio are always a subset of those kept at a larger one, which an incremental schedule needs.
+
+    explicit       the listed layers are kept (the others replaced first, in uniform order)
+    uniform        evenly spaced; reproduces the released MambaInLlama choices (50 % odd layers, 25 % 3, 7, 11,
+                   ..., 12.5 % 7, 15, 23, 31 on 32 layers): layers are replaced in increasing 2-adic valuation
+                   of (index + 1)
+    leave-one-out  replace one layer at a time by its transferred, briefly aligned mixer; the held-out KL to the
+                   teacher ranks the layers; the least harmful is replaced first
+    kl-guided      from an all-mixer student, restore one attention layer at a time, run a short KD, and rank
+                   by how much held-out KL drops; the layers that help least are replaced first
+
+    hybrid-distill select --teacher smollm2-135m --strategy leave-one-out --out runs/select-loo
+"""
 from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from hybrid.modeling import MIXER_CLASSES, MixerDecoderLayer, packed_seq_idx
+
+from .align import teacher_io
+from .heldout import heldout_metrics
+from .init import TRANSFERS, hybridize
+from .losses import alignment_l2, combined_loss
+
+
+@dataclass
+class Selection:
+    strategy: str
+    order: list[int]  # replacement order: first replaced first
+    scores: dict[int, float] = field(default_factory=dict)
+    score_name: str = ""
+
+    def kept(self, ratio: float) -> list[int]:
+        return kept_layers(self.order, ratio)
+
+
+def kept_layers(order: list[int], ratio: float) -> list[int]:
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"keep ratio={ratio} must lie in [0, 1]")
+    k = round(ratio * len(order))
+    return sorted(order[len(order) - k:]) if k else []
+
+
+def _two_adic(i: int) -> int:
+    v = 0
+    while i % 2 == 0:
+        i //= 2
+        v += 1
+    return v
+
+
+def uniform_order(num_layers: int) -> list[int]:
+    return sorted(range(num_layers), key=lambda i: (_two_adic(i + 1), i))
 
 
 def uniform_attention_layers(num_layers: int, ratio: float) -> list[int]:
-    """Keep round(ratio * n) attention layers, evenly spaced and ending at the last layer.
+    """Attention layers kept by the uniform strategy at `ratio` (0 keeps none, 1 keeps all)."""
+    return kept_layers(uniform_order(num_layers), ratio)
 
-    This reproduces the released MambaInLlama choices: 50 % -> 1, 3, 5, ...; 25 % -> 3, 7, 11, ...;
-    12.5 % -> 7, 15, 23, 31 (for 32 layers). ratio 0 keeps none (an all-mixer model).
-    """
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"attention ratio={ratio} must lie in [0, 1]")
-    k = round(ratio * num_layers)
-    return [round((j + 1) * num_layers / k) - 1 for j in range(k)]
+
+@dataclass
+class SelectContext:
+    teacher: torch.nn.Module
+    mixer: str = "mamba2"
+    train_rows: dict | None = None
+    eval_rows: dict | None = None
+    batch_size: int = 4
+
+
+STRATEGIES: dict[str, Callable[..., Selection]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        STRATEGIES[name] = fn
+        return fn
+    return deco
+
+
+def get_strategy(name: str) -> Callable[..., Selection]:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown selection strategy {name!r}; registered: {sorted(STRATEGIES)}") from None
+
+
+def select(name: str, ctx: SelectContext, **kwargs) -> Selection:
+    return get_strategy(name)(ctx, **kwargs)
+
+
+@register("uniform")
+def _uniform(ctx: SelectContext) -> Selection:
+    n = ctx.teacher.config.num_hidden_layers
+    order = uniform_order(n)
+    return Selection("uniform", order, {i: float(_two_adic(i + 1)) for i in range(n)}, "2-adic valuation of i+1")
+
+
+@register("explicit")
+def _explicit(ctx: SelectContext, layers=()) -> Selection:
+    n = ctx.teacher.config.num_hidden_layers
+    keep = sorted(set(int(i) for i in layers))
+    bad = [i for i in keep if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"explicit layers {bad} out of range for a {n}-layer teacher")
+    order = [i for i in uniform_order(n) if i not in keep] + keep
+    return Selection("explicit", order, {i: float(i in keep) for i in range(n)}, "listed")
+
+
+def _batches(rows, batch_size, steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = rows["input_ids"].shape[0]
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=g)[:batch_size]
+        yield {k: v[idx] for k, v in rows.items()}
+
+
+@contextlib.contextmanager
+def swapped_to_mixer(model, i: int, mixer: str, teacher_layer):
+    """Temporarily run layer i of an all-attention hybrid `model` as a mixer transferred from `teacher_layer`."""
+    original, kind = model.model.layers[i], model.config.layer_types[i]
+    ref = next(original.parameters())
+    mix = MIXER_CLASSES[mixer](model.config, i).to(device=ref.device, dtype=ref.dtype)
+    mix.reset_parameters()
+    TRANSFERS[mixer](teacher_layer.self_attn, mix)
+    model.model.layers[i] = MixerDecoderLayer(original, mix)
+    model.config.layer_types[i] = mixer
+    try:
+        yield mix
+    finally:
+        model.model.layers[i] = original
+        model.config.layer_types[i] = kind
+
+
+@contextlib.contextmanager
+def swapped_to_attention(model, i: int, teacher_layer):
+    """Temporarily run layer i of a hybrid `model` as the teacher's attention layer."""
+    original, kind = model.model.layers[i], model.config.layer_types[i]
+    model.model.layers[i] = teacher_layer
+    model.config.layer_types[i] = "attention"
+    try:
+        yield
+    finally:
+        model.model.layers[i] = original
+        model.config.layer_types[i] = kind
+
+
+def _align_steps(teacher, layers, mixers: dict, rows, steps, lr, batch_size, seed=0):
+    params = [p for m in mixers.values() for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    for batch in _batches(rows, batch_size, steps, seed):
+        io = teacher_io(teacher, layers, batch)
+        seq_idx = packed_seq_idx(batch["position_ids"])
+        loss = sum(alignment_l2(mixers[i](io[i][0], seq_idx=seq_idx), io[i][1])[0] for i in layers)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _need_rows(ctx: SelectContext, name: str):
+    if ctx.train_rows is None or ctx.eval_rows is None:
+        raise ValueError(f"strategy {name!r} needs training and held-out rows")
+
+
+@register("leave-one-out")
+def _leave_one_out(ctx: SelectContext, align_steps: int = 20, lr: float = 1e-3) -> Selection:
+    _need_rows(ctx, "leave-one-out")
+    teacher = ctx.teacher
+    n = teacher.config.num_hidden_layers
+    base = hybridize(teacher, range(n), mixer=ctx.mixer)
+    scores = {}
+    for i in tqdm(range(n), desc="leave-one-out"):
+        with swapped_to_mixer(base, i, ctx.mixer, teacher.model.layers[i]) as mix:
+            with torch.enable_grad():
+                _align_steps(teacher, [i], {i: mix}, ctx.train_rows, align_steps, lr, ctx.batch_size, seed=i)
+            scores[i] = heldout_metrics(base, teacher, ctx.eval_rows, ctx.batch_size)["kl"]
+    order = sorted(range(n), key=lambda i: (scores[i], i))
+    return Selection("leave-one-out", order, scores, "held-out KL with only this layer replaced")
+
+
+@register("kl-guided")
+def _kl_guided(ctx: SelectContext, align_steps: int = 20, kd_steps: int = 10, lr: float = 1e-3) -> Selection:
+    _need_rows(ctx, "kl-guided")
+    teacher = ctx.teacher
+    n = teacher.config.num_hidden_layers
+    student = hybridize(teacher, [], mixer=ctx.mixer)
+    mixers = {i: student.model.layers[i].mamba for i in range(n)}
+    with torch.enable_grad():
+        _align_steps(teacher, list(range(n)), mixers, ctx.train_rows, align_steps, lr, ctx.batch_size)
+    snapshot = copy.deepcopy(student.state_dict())
+    base_kl = heldout_metrics(student, teacher, ctx.eval_rows, ctx.batch_size)["kl"]
+    kd = combined_loss({"kl": 1.0})
+    scores = {}
+    for i in tqdm(range(n), desc="kl-guided"):
+        with swapped_to_attention(student, i, teacher.model.layers[i]):
+            params = [p for j, m in mixers.items() if j != i for p in m.parameters()]
+            opt = torch.optim.Adam(params, lr=lr)
+            with torch.enable_grad():
+                for batch in _batches(ctx.train_rows, ctx.batch_size, kd_steps, seed=i):
+                    kw = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
+                    with torch.no_grad():
+                        t = teacher(**kw).logits
+                    s, c, _ = kd(student(**kw).logits, t, batch["labels"])
+                    opt.zero_grad()
+                    (s / c.clamp(min=1)).backward()
+                    opt.step()
+            scores[i] = base_kl - heldout_metrics(student, teacher, ctx.eval_rows, ctx.batch_size)["kl"]
+        student.load_state_dict(snapshot)
+    order = sorted(range(n), key=lambda i: (scores[i], i))
+    return Selection("kl-guided", order, scores, "held-out KL drop when this layer is attention")
+
+
+def save_selection(sel: Selection, out_dir: str, keep_ratio: float | None = None) -> None:
+    """select.json (order, scores) and select.png (scores per layer, kept layers highlighted)."""
+    os.makedirs(out_dir, exist_ok=True)
+    kept = sel.kept(keep_ratio) if keep_ratio is not None else []
+    with open(os.path.join(out_dir, "select.json"), "w") as f:
+        json.dump({"strategy": sel.strategy, "order": sel.order, "score_name": sel.score_name,
+                   "scores": {str(k): v for k, v in sel.scores.items()}, "keep_ratio": keep_ratio,
+                   "kept": kept}, f, indent=1)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(sel.order)
+    fig, ax = plt.subplots(figsize=(max(6, n * 0.3), 3.2))
+    vals = [sel.scores.get(i, 0.0) for i in range(n)]
+    ax.bar(range(n), vals, color=["tab:orange" if i in kept else "tab:blue" for i in range(n)])
+    ax.set_xlabel("layer")
+    ax.set_ylabel(sel.score_name or "score")
+    title = f"layer selection: {sel.strategy}"
+    if kept:
+        title += f" (orange: attention kept at ratio {keep_ratio})"
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "select.png"), dpi=110)
+    plt.close(fig)

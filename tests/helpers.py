@@ -52,3 +52,25 @@ def tiny_teacher(family: str = "llama", num_layers: int = 4, seed: int = 0, tie:
             if name.endswith("bias") or "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'][0] }}>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<a>{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A character-level tokenizer with 97 ids (the tiny teachers' vocab) and a small chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<u>", "<a>", "<s_>", "<unk>"]
+    chars = [chr(c) for c in range(32, 32 + 97 - len(specials))]
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", additional_special_tokens=["<u>", "<a>"])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok

@@ -1,0 +1,94 @@
+"""`hybrid-distill corpus`: a distillation corpus sampled from the teacher (sequence-level KD, as the published
+systems do with teacher pseudo-labels).
+
+    hybrid-distill corpus --teacher smollm2-135m --prompts 256 --out runs/corpus.jsonl
+
+Batched (left-padded prompts, the teacher's cached generation) and resumable: each batch is appended and flushed
+as it finishes, and a rerun continues after the last complete batch. Batch k is sampled with seed + k, so an
+interrupted and resumed run writes exactly what an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import synthetic_prompts
+
+
+def read_prompts(spec) -> list[str]:
+    """An int: that many synthetic prompts. A .jsonl file: its "prompt" fields. A .txt file: one per line."""
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+        return synthetic_prompts(int(spec))
+    if not os.path.isfile(spec):
+        raise ValueError(f"prompts={spec!r} is neither a number nor an existing file")
+    with open(spec, encoding="utf-8") as f:
+        if spec.endswith(".jsonl"):
+            out = []
+            for i, line in enumerate(f):
+                if line.strip():
+                    rec = json.loads(line)
+                    if "prompt" not in rec:
+                        raise ValueError(f"{spec}: line {i + 1} has no field 'prompt' (fields: {sorted(rec)})")
+                    out.append(rec["prompt"])
+            return out
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def _existing(path: str) -> int:
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    good = 0
+    for line in lines:
+        try:
+            json.loads(line)
+            good += 1
+        except json.JSONDecodeError:
+            break  # a torn last line from an interrupted write
+    if good != len(lines):
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(lines[:good])
+    return good
+
+
+@torch.no_grad()
+def build_corpus(teacher, tok, prompts: list[str], out_path: str, max_new_tokens: int = 96, batch_size: int = 16,
+                 temperature: float = 0.7, top_p: float = 0.95, seed: int = 0) -> int:
+    """Append teacher completions of `prompts` to out_path (jsonl of prompt/completion); returns records written."""
+    done = _existing(out_path)
+    done -= done % batch_size  # restart the partial batch, so that batch k is always sampled with seed + k
+    if done:
+        with open(out_path, encoding="utf-8") as f:
+            keep = f.readlines()[:done]
+        with open(out_path, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tok.padding_side = "left"
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    chat = bool(getattr(tok, "chat_template", None))
+    bar = tqdm(total=len(prompts), initial=done, desc="corpus")
+    with open(out_path, "a", encoding="utf-8") as f:
+        for start in range(done, len(prompts), batch_size):
+            batch = prompts[start:start + batch_size]
+            if chat:
+                texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in batch]
+                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            else:
+                enc = tok(batch, return_tensors="pt", padding=True)
+            enc = {k: v.to(teacher.device) for k, v in enc.items()}
+            torch.manual_seed(seed + start // batch_size)
+            out = teacher.generate(**enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                   temperature=temperature if temperature > 0 else None,
+                                   top_p=top_p if temperature > 0 else None, pad_token_id=pad)
+            for p, row in zip(batch, out[:, enc["input_ids"].shape[1]:]):
+                text = tok.decode(row, skip_special_tokens=True)
+                f.write(json.dumps({"prompt": p, "completion": text.strip()}) + "\n")
+            f.flush()
+            bar.update(len(batch))
+    bar.close()
+    return len(prompts)

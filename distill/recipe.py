@@ -1,0 +1,176 @@
+"""Recipes: YAML files parsed into dataclasses, strictly.
+
+An unknown key, a wrong type or an invalid value is a ValueError naming the file, the key and the value.
+A recipe may carry `profiles: {name: {dotted.key: value, ...}}`; choosing a profile applies its overrides,
+and `--set dotted.key=value` on the command line applies last.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from .train import TrainArgs
+
+
+@dataclass
+class CorpusRecipe:
+    """Sequence-level KD data: the teacher's own answers to prompts (a .jsonl/.txt file, or N synthetic ones)."""
+    prompts: str | int = 256
+    max_new_tokens: int = 96
+    batch_size: int = 16
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class DataRecipe:
+    source: str | None = None  # None: build a corpus from `corpus`
+    format: str = "prompt_completion"
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    messages_field: str = "messages"
+    mask_prompt: bool = False
+    split: str = "train"
+    seq_len: int = 256
+    eval_rows: int = 8
+    max_records: int | None = None
+    corpus: CorpusRecipe = field(default_factory=CorpusRecipe)
+
+
+@dataclass
+class SelectRecipe:
+    strategy: str = "uniform"
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class AlignRecipe(TrainArgs):
+    steps: int = 0  # 0 skips the stage
+
+
+@dataclass
+class KDRecipe(TrainArgs):
+    steps: int = 0
+    loss: dict = field(default_factory=lambda: {"kl": 1.0})
+    temperature: float = 1.0
+    alpha: float = 0.5
+    train: str = "mixers+mlp"
+
+
+@dataclass
+class DistillRecipe:
+    teacher: str = "smollm2-135m"
+    mixer: str = "mamba2"
+    schedule: list = field(default_factory=lambda: [0.5])  # keep ratios of attention, stage after stage
+    select: SelectRecipe = field(default_factory=SelectRecipe)
+    data: DataRecipe = field(default_factory=DataRecipe)
+    align: AlignRecipe = field(default_factory=AlignRecipe)
+    kd: KDRecipe = field(default_factory=KDRecipe)
+    chunk_size: int = 128
+    seed: int = 0
+    dtype: str = "float32"
+    eval_batch_size: int = 4
+    profiles: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.mixer not in ("mamba2", "mamba"):
+            raise ValueError(f"mixer={self.mixer!r} is not one of mamba2, mamba")
+        if not self.schedule:
+            raise ValueError("schedule is empty: give at least one keep ratio")
+        prev = 1.0
+        for r in self.schedule:
+            if not isinstance(r, (int, float)) or not 0 < r <= 1:
+                raise ValueError(f"schedule keep-ratio {r!r} must lie in (0, 1]")
+            if r > prev:
+                raise ValueError(f"schedule {self.schedule} must not increase (a stage only replaces more layers)")
+            prev = r
+
+
+def _check_type(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    if tp is typing.Any:
+        return
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for arg in typing.get_args(tp):
+            try:
+                _check_type(value, arg, where)
+                return
+            except ValueError:
+                continue
+        raise ValueError(f"{where}={value!r} has the wrong type (expected {tp})")
+    if tp is type(None):
+        if value is not None:
+            raise ValueError(f"{where}={value!r} must be null")
+        return
+    base = origin or tp
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if base is int and isinstance(value, bool):
+        raise ValueError(f"{where}={value!r} must be an integer")
+    if isinstance(base, type) and not isinstance(value, base):
+        raise ValueError(f"{where}={value!r} must be {base.__name__}")
+
+
+def from_dict(cls, data: dict, file: str = "<recipe>", prefix: str = ""):
+    """Build dataclass `cls` from `data`, naming file and key in every error."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: {prefix.rstrip('.') or 'recipe'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in fields:
+            raise ValueError(f"{file}: unknown key {where!r} (valid keys: {', '.join(sorted(fields))})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, file, f"{where}.")
+            continue
+        try:
+            _check_type(value, tp, where)
+        except ValueError as err:
+            raise ValueError(f"{file}: {err}") from None
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        raise ValueError(f"{file}: {prefix.rstrip('.') or 'recipe'}: {err}") from None
+
+
+def _set_dotted(data: dict, dotted: str, value, file: str):
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{file}: override {dotted!r}: {k!r} is not a mapping")
+    node[keys[-1]] = value
+
+
+def load_recipe(path: str, cls=DistillRecipe, profile: str | None = None, overrides: list[str] = ()):
+    """Parse a YAML recipe, apply a profile and `key=value` overrides, and validate."""
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    if profile is not None:
+        profiles = data.get("profiles") or {}
+        if profile not in profiles:
+            raise ValueError(f"{path}: no profile {profile!r} (profiles: {sorted(profiles)})")
+        for dotted, value in (profiles[profile] or {}).items():
+            _set_dotted(data, dotted, value, path)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r} must look like key=value")
+        dotted, raw = item.split("=", 1)
+        _set_dotted(data, dotted.strip(), yaml.safe_load(raw), "--set")
+    return from_dict(cls, data, path)
+
+
+def recipe_to_dict(recipe) -> dict:
+    return dataclasses.asdict(recipe)

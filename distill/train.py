@@ -1,0 +1,284 @@
+"""One training loop for every stage (align, KD, ...), on accelerate.
+
+- The loss of an optimizer step is the token mean over the *global* batch: micro-batch losses come as (sum,
+  count); counts are summed over accumulation steps and processes first, so 2 processes x accum 1 equals
+  1 process x accum 2 on the same rows (tested).
+- Clipping, linear warmup then cosine decay to `min_lr_ratio`, fp32 on CPU and bf16 autocast on CUDA.
+- tqdm progress with loss and tokens/s; metrics to `metrics.jsonl` (and TensorBoard when installed).
+- Checkpoints every `save_every` steps, written to a temporary folder and renamed, then named in `latest`:
+  an interrupted write never replaces a good checkpoint. `resume=True` restores model, optimizer, scheduler, RNG
+  and data position, so the loss curve continues exactly (tested).
+- A non-finite loss stops the run with an error naming the step; the last good checkpoint is kept.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .data import RowLoader
+
+
+@dataclass
+class TrainArgs:
+    steps: int = 100
+    batch_size: int = 4  # rows per micro-batch per process
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end
+    log_every: int = 10
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    keep_checkpoints: int = 1
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        for name in ("eval_every", "save_every", "warmup_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a non-negative integer")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r} must be positive")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio={self.min_lr_ratio!r} must lie in [0, 1]")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of auto, no, bf16, fp16")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class StopRequested(Exception):
+    """Raised by `stop_after` (tests simulate an interruption with it)."""
+
+
+def lr_lambda(args: TrainArgs) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < args.warmup_steps:
+            return (step + 1) / args.warmup_steps
+        span = max(1, args.steps - args.warmup_steps)
+        progress = min(1.0, (step - args.warmup_steps) / span)
+        return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def _rng_state():
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Trains the parameters of `module` that require grad.
+
+    loss_step(module, batch) -> (loss summed over counted tokens, {name: detached part sums}).
+    count_fn(batch) -> number of tokens that loss sums over (default: targets, labels[:, 1:] != -100).
+    eval_fn(module) -> {metric: float}, run on every process (it may use collective ops) every eval_every steps.
+    """
+
+    def __init__(self, module: torch.nn.Module, loss_step, train_rows, args: TrainArgs, out_dir: str,
+                 eval_fn=None, name: str = "train", accelerator: Accelerator | None = None, count_fn=None):
+        self.args, self.out_dir, self.name = args, out_dir, name
+        mp = args.mixed_precision
+        if mp == "auto":
+            mp = "bf16" if torch.cuda.is_available() else "no"
+        self.acc = accelerator or Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+        self.loss_step, self.eval_fn = loss_step, eval_fn
+        self.count_fn = count_fn or count_targets
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{name}: no trainable parameters")
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+        self.module, self.opt = self.acc.prepare(module, opt)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(args))
+        self.loader = RowLoader(train_rows, args.batch_size, seed=args.seed, rank=self.acc.process_index,
+                                world=self.acc.num_processes)
+        self.step = 0
+        self.history: list[dict] = []
+        self.ckpt_root = os.path.join(out_dir, "checkpoints")
+        self._tb = None
+
+    # ---- checkpoints ----
+    def latest_checkpoint(self) -> str | None:
+        pointer = os.path.join(self.ckpt_root, "latest")
+        if not os.path.isfile(pointer):
+            return None
+        with open(pointer) as f:
+            path = os.path.join(self.ckpt_root, f.read().strip())
+        return path if os.path.isdir(path) else None
+
+    def save(self) -> str:
+        self.acc.wait_for_everyone()
+        name = f"step-{self.step:07d}"
+        final = os.path.join(self.ckpt_root, name)
+        if self.acc.is_main_process:
+            tmp = final + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            state = {k: v.detach().cpu() for k, v in self.acc.unwrap_model(self.module).state_dict().items()}
+            torch.save(state, os.path.join(tmp, "module.pt"))
+            torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                        "rng": _rng_state(), "step": self.step, "position": self.loader.position,
+                        "history": self.history, "args": asdict(self.args)}, os.path.join(tmp, "trainer.pt"))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            with open(os.path.join(self.ckpt_root, "latest.tmp"), "w") as f:
+                f.write(name)
+            os.replace(os.path.join(self.ckpt_root, "latest.tmp"), os.path.join(self.ckpt_root, "latest"))
+            kept = sorted(d for d in os.listdir(self.ckpt_root) if d.startswith("step-") and not d.endswith(".tmp"))
+            for old in kept[:-self.args.keep_checkpoints]:
+                shutil.rmtree(os.path.join(self.ckpt_root, old), ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return final
+
+    def load(self, path: str) -> None:
+        module = self.acc.unwrap_model(self.module)
+        module.load_state_dict(torch.load(os.path.join(path, "module.pt"), map_location="cpu"))
+        st = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=False)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        _set_rng_state(st["rng"])
+        self.step, self.loader.position, self.history = st["step"], st["position"], st["history"]
+
+    # ---- logging ----
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        if not self.acc.is_main_process:
+            return
+        os.makedirs(self.out_dir, exist_ok=True)
+        with open(os.path.join(self.out_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(self.out_dir, "tb"))
+            except Exception:  # noqa: BLE001 - tensorboard is optional
+                self._tb = False
+        if self._tb:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(f"{self.name}/{k}", v, record["step"])
+
+    def evaluate(self) -> dict:
+        if self.eval_fn is None:
+            return {}
+        module = self.acc.unwrap_model(self.module)
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            out = self.eval_fn(module)
+        module.train(was_training)
+        self._log({"step": self.step, "stage": self.name, **{f"eval_{k}": v for k, v in out.items()}})
+        return out
+
+    # ---- the loop ----
+    def train_step(self) -> dict:
+        a = self.args
+        micro = self.loader.next_step(a.grad_accum)
+        dev = self.acc.device
+        micro = [{k: v.to(dev) for k, v in b.items()} for b in micro]
+        # The global token count is known before any forward (it depends on the batch alone), so every
+        # micro-batch's summed loss is divided by it directly.
+        counts = torch.tensor([float(self.count_fn(b)) for b in micro], device=dev)
+        total = self.acc.reduce(counts.sum(), reduction="sum").clamp(min=1.0)
+        scale = self.acc.num_processes / total  # DDP averages gradients over processes
+        loss_sum, parts_sum = torch.zeros((), device=dev), {}
+        for i, batch in enumerate(micro):
+            ctx = self.acc.no_sync(self.module) if i < len(micro) - 1 else _null()
+            with ctx, self.acc.autocast():
+                s, parts = self.loss_step(self.module, batch)
+                self.acc.backward(s * scale)
+            loss_sum += s.detach().float()
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v.float()
+        loss = (self.acc.reduce(loss_sum, reduction="sum") / total).item()
+        if not math.isfinite(loss):
+            self.opt.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(
+                f"{self.name}: non-finite loss {loss} at step {self.step + 1}; "
+                f"last good checkpoint: {self.latest_checkpoint() or 'none (stage start)'}"
+            )
+        gnorm = self.acc.clip_grad_norm_(self.module.parameters(), a.max_grad_norm) if a.max_grad_norm else None
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        out = {"loss": loss, "tokens": total.item(), "lr": self.sched.get_last_lr()[0]}
+        if gnorm is not None:
+            out["grad_norm"] = float(gnorm)
+        for k, v in parts_sum.items():
+            out[k] = (self.acc.reduce(v, reduction="sum") / total).item()
+        return out
+
+    def run(self, resume: bool = False, stop_after: int | None = None) -> dict:
+        """Train to args.steps (from the latest checkpoint if resume). stop_after: raise StopRequested after that
+        many steps of this call (a simulated interruption)."""
+        torch.manual_seed(self.args.seed)
+        random.seed(self.args.seed)
+        if resume and (path := self.latest_checkpoint()):
+            self.load(path)
+        self.module.train()
+        done_now = 0
+        bar = tqdm(total=self.args.steps, initial=self.step, desc=self.name, disable=not self.acc.is_main_process,
+                   dynamic_ncols=True)
+        t0, tokens = time.perf_counter(), 0.0
+        while self.step < self.args.steps:
+            rec = self.train_step()
+            done_now += 1
+            tokens += rec["tokens"]
+            tps = tokens / max(1e-9, time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tps:.0f}")
+            if self.step % self.args.log_every == 0 or self.step == self.args.steps:
+                self._log({"step": self.step, "stage": self.name, **rec, "tokens_per_s": tps})
+            if self.args.eval_every and self.step % self.args.eval_every == 0 and self.step < self.args.steps:
+                self.evaluate()
+            if self.args.save_every and self.step % self.args.save_every == 0:
+                self.save()
+            if stop_after is not None and done_now >= stop_after:
+                bar.close()
+                raise StopRequested(f"stopped after step {self.step}")
+        bar.close()
+        final = self.evaluate()
+        if not self.args.save_every or self.step % self.args.save_every:
+            self.save()
+        return final
+
+
+def count_targets(batch) -> int:
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
