@@ -104,6 +104,26 @@ def cmd_corpus(args) -> int:
     return 0
 
 
+def cmd_summary(args) -> int:
+    import json
+
+    from .schedule import summary_table
+
+    summaries = []
+    for run in args.runs:
+        path = os.path.join(run, "summary.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"{run} has no summary.json (is it a finished distill run?)")
+        with open(path) as f:
+            summaries.append(json.load(f))
+    table = summary_table(*summaries)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+    return 0
+
+
 def _param(text: str):
     import yaml
     if "=" not in text:
@@ -158,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--param", action="append", type=_param, help="strategy parameter name=value")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_select)
+
+    su = sub.add_parser("summary", help="one table over finished distill runs")
+    su.add_argument("runs", nargs="+")
+    su.add_argument("--out", default=None, help="also write the table to this markdown file")
+    su.set_defaults(func=cmd_summary)
 
     co = sub.add_parser("corpus", help="sample a distillation corpus from the teacher (resumable)")
     co.add_argument("--teacher", required=True)

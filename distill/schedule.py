@@ -26,7 +26,7 @@ from hybrid.checkpoints import load_hybrid
 from .align import MixerStack, align_loss_step, alignment_errors, count_all_tokens
 from .corpus import build_corpus, read_prompts
 from .data import DataSpec, build_rows, split_rows
-from .heldout import heldout_metrics
+from .heldout import HeldOut
 from .init import hybridize
 from .kd import kd_loss_step, set_trainable
 from .recipe import DistillRecipe, recipe_to_dict
@@ -93,7 +93,7 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
     teacher.eval()
     train_rows, eval_rows, corpus_s = prepare_data(recipe, teacher, tok, out)
     n = teacher.config.num_hidden_layers
-    ev = lambda model: heldout_metrics(model, teacher, eval_rows, recipe.eval_batch_size)  # noqa: E731
+    ev = HeldOut(teacher, eval_rows, recipe.eval_batch_size)
 
     # 1. selection
     if "select" in progress.done:
@@ -101,7 +101,7 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
         sel = Selection(s["strategy"], s["order"], {int(k): v for k, v in s["scores"].items()}, s["score_name"])
     else:
         t0 = time.perf_counter()
-        ctx = SelectContext(teacher, recipe.mixer, train_rows, eval_rows, recipe.eval_batch_size)
+        ctx = SelectContext(teacher, recipe.mixer, train_rows, eval_rows, recipe.eval_batch_size, heldout=ev)
         sel = select(recipe.select.strategy, ctx, **recipe.select.params)
         save_selection(sel, out, keep_ratio=recipe.schedule[-1])
         progress.finish("select", {"strategy": sel.strategy, "order": sel.order, "score_name": sel.score_name,
@@ -136,20 +136,22 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
                 for p in stack.parameters():
                     p.requires_grad_(True)
                 trainer = Trainer(stack, align_loss_step(teacher, new), train_rows, _train_args(stage_recipe),
-                                  folder, name=f"stage{k}-align", count_fn=count_all_tokens)
-                trainer.run(resume=resume, stop_after=stop_after)
+                                  folder, eval_fn=lambda _stack: ev(student), name=f"stage{k}-align",
+                                  count_fn=count_all_tokens)
+                record.update(trainer.run(resume=resume, stop_after=stop_after))
                 after = alignment_errors(student, teacher, new, eval_rows, recipe.eval_batch_size)
                 record["alignment_error"] = {str(i): {"before": before[i], "after": after[i]} for i in new}
             else:
                 set_trainable(student, stage_recipe.train)
                 trainer = Trainer(student, kd_loss_step(teacher, stage_recipe.loss, stage_recipe.temperature,
                                                         stage_recipe.alpha),
-                                  train_rows, _train_args(stage_recipe), folder, name=f"stage{k}-kd")
-                trainer.run(resume=resume, stop_after=stop_after)
+                                  train_rows, _train_args(stage_recipe), folder, eval_fn=ev, name=f"stage{k}-kd")
+                record.update(trainer.run(resume=resume, stop_after=stop_after))
                 student = trainer.acc.unwrap_model(trainer.module)
+            if phase == "transfer":
+                record.update(ev(student))
             student.requires_grad_(False)
             student.eval()
-            record.update(ev(student))
             record["seconds"] = time.perf_counter() - t0
             record["cpu_seconds"] = time.process_time() - c0
             student.save_pretrained(os.path.join(folder, "model"))
@@ -168,13 +170,16 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
     return summary
 
 
-def summary_table(summary: dict) -> str:
-    lines = [f"teacher `{summary['teacher']}`, selection `{summary['selection']}`", "",
-             "| stage | phase | attention kept | held-out KL | ppl ratio | wall s | CPU s |",
-             "|---|---|---|---|---|---|---|"]
-    for r in summary["phases"]:
-        if r.get("skipped"):
-            continue
-        lines.append(f"| {r['stage']} | {r['phase']} | {len(r['attention_layers'])} ({r['keep_ratio']:.0%}) | "
-                     f"{r['kl']:.4f} | {r['ppl_ratio']:.3f} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")
+def summary_table(*summaries: dict) -> str:
+    """One markdown table over one or more runs (e.g. two selection strategies side by side)."""
+    lines = [f"teacher `{summaries[0]['teacher']}`", "",
+             "| selection | stage | phase | attention kept | held-out KL | ppl ratio (student / teacher) | wall s | CPU s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for summary in summaries:
+        for r in summary["phases"]:
+            if r.get("skipped"):
+                continue
+            lines.append(f"| {summary['selection']} | {r['stage']} | {r['phase']} | "
+                         f"{len(r['attention_layers'])} ({r['keep_ratio']:.0%}) | {r['kl']:.4f} | "
+                         f"{r['ppl_ratio']:.3f} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from hybrid.modeling import MIXER_CLASSES, MixerDecoderLayer, packed_seq_idx
 
 from .align import teacher_io
-from .heldout import heldout_metrics
+from .heldout import HeldOut
 from .init import TRANSFERS, hybridize
 from .losses import alignment_l2, combined_loss
 
@@ -77,6 +78,12 @@ class SelectContext:
     train_rows: dict | None = None
     eval_rows: dict | None = None
     batch_size: int = 4
+    heldout: HeldOut | None = None  # shares cached teacher logits with the caller
+
+    def evaluate(self, model) -> float:
+        if self.heldout is None:
+            self.heldout = HeldOut(self.teacher, self.eval_rows, self.batch_size)
+        return self.heldout(model)["kl"]
 
 
 STRATEGIES: dict[str, Callable[..., Selection]] = {}
@@ -96,8 +103,13 @@ def get_strategy(name: str) -> Callable[..., Selection]:
         raise ValueError(f"unknown selection strategy {name!r}; registered: {sorted(STRATEGIES)}") from None
 
 
-def select(name: str, ctx: SelectContext, **kwargs) -> Selection:
-    return get_strategy(name)(ctx, **kwargs)
+def select(name: str, ctx: SelectContext, **params) -> Selection:
+    fn = get_strategy(name)
+    accepted = [p for p in inspect.signature(fn).parameters if p != "ctx"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"strategy {name!r} has no parameter(s) {unknown}; it takes {accepted}")
+    return fn(ctx, **params)
 
 
 @register("uniform")
@@ -156,13 +168,19 @@ def swapped_to_attention(model, i: int, teacher_layer):
         model.config.layer_types[i] = kind
 
 
-def _align_steps(teacher, layers, mixers: dict, rows, steps, lr, batch_size, seed=0):
+def _teacher_io_batches(teacher, layers, rows, batch_size, n_batches, seed=0):
+    """Teacher attention inputs/outputs of `layers` on a few training batches, computed once and reused."""
+    return [(teacher_io(teacher, layers, b), packed_seq_idx(b["position_ids"]))
+            for b in _batches(rows, batch_size, n_batches, seed)]
+
+
+def _align_steps(io_batches, layers, mixers: dict, steps, lr):
     params = [p for m in mixers.values() for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
-    for batch in _batches(rows, batch_size, steps, seed):
-        io = teacher_io(teacher, layers, batch)
-        seq_idx = packed_seq_idx(batch["position_ids"])
-        loss = sum(alignment_l2(mixers[i](io[i][0], seq_idx=seq_idx), io[i][1])[0] for i in layers)
+    for step in range(steps):
+        io, seq_idx = io_batches[step % len(io_batches)]
+        loss = sum(alignment_l2(mixers[i](io[i][0], seq_idx=seq_idx), io[i][1])[0] / io[i][0].shape[:2].numel()
+                   for i in layers)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -174,32 +192,36 @@ def _need_rows(ctx: SelectContext, name: str):
 
 
 @register("leave-one-out")
-def _leave_one_out(ctx: SelectContext, align_steps: int = 20, lr: float = 1e-3) -> Selection:
+def _leave_one_out(ctx: SelectContext, align_steps: int = 20, lr: float = 1e-3, align_batches: int = 4) -> Selection:
     _need_rows(ctx, "leave-one-out")
     teacher = ctx.teacher
     n = teacher.config.num_hidden_layers
     base = hybridize(teacher, range(n), mixer=ctx.mixer)
+    io_batches = _teacher_io_batches(teacher, range(n), ctx.train_rows, ctx.batch_size, align_batches)
     scores = {}
     for i in tqdm(range(n), desc="leave-one-out"):
         with swapped_to_mixer(base, i, ctx.mixer, teacher.model.layers[i]) as mix:
             with torch.enable_grad():
-                _align_steps(teacher, [i], {i: mix}, ctx.train_rows, align_steps, lr, ctx.batch_size, seed=i)
-            scores[i] = heldout_metrics(base, teacher, ctx.eval_rows, ctx.batch_size)["kl"]
+                _align_steps(io_batches, [i], {i: mix}, align_steps, lr)
+            scores[i] = ctx.evaluate(base)
     order = sorted(range(n), key=lambda i: (scores[i], i))
     return Selection("leave-one-out", order, scores, "held-out KL with only this layer replaced")
 
 
 @register("kl-guided")
-def _kl_guided(ctx: SelectContext, align_steps: int = 20, kd_steps: int = 10, lr: float = 1e-3) -> Selection:
+def _kl_guided(ctx: SelectContext, align_steps: int = 20, kd_steps: int = 10, lr: float = 1e-3,
+               align_batches: int = 4) -> Selection:
     _need_rows(ctx, "kl-guided")
     teacher = ctx.teacher
     n = teacher.config.num_hidden_layers
     student = hybridize(teacher, [], mixer=ctx.mixer)
     mixers = {i: student.model.layers[i].mamba for i in range(n)}
+    io_batches = _teacher_io_batches(teacher, range(n), ctx.train_rows, ctx.batch_size, align_batches)
     with torch.enable_grad():
-        _align_steps(teacher, list(range(n)), mixers, ctx.train_rows, align_steps, lr, ctx.batch_size)
+        _align_steps(io_batches, list(range(n)), mixers, align_steps, lr)
+    del io_batches
     snapshot = copy.deepcopy(student.state_dict())
-    base_kl = heldout_metrics(student, teacher, ctx.eval_rows, ctx.batch_size)["kl"]
+    base_kl = ctx.evaluate(student)
     kd = combined_loss({"kl": 1.0})
     scores = {}
     for i in tqdm(range(n), desc="kl-guided"):
@@ -215,7 +237,7 @@ def _kl_guided(ctx: SelectContext, align_steps: int = 20, kd_steps: int = 10, lr
                     opt.zero_grad()
                     (s / c.clamp(min=1)).backward()
                     opt.step()
-            scores[i] = base_kl - heldout_metrics(student, teacher, ctx.eval_rows, ctx.batch_size)["kl"]
+            scores[i] = base_kl - ctx.evaluate(student)
         student.load_state_dict(snapshot)
     order = sorted(range(n), key=lambda i: (scores[i], i))
     return Selection("kl-guided", order, scores, "held-out KL drop when this layer is attention")
