@@ -16,6 +16,7 @@ from torch import nn
 
 from hybrid.modeling import packed_seq_idx
 
+from .data import model_inputs
 from .losses import alignment_l2
 
 
@@ -51,7 +52,7 @@ class MixerStack(nn.Module):
 @torch.no_grad()
 def teacher_io(teacher, layers, batch):
     with capture_attention_io(teacher, layers) as store:
-        teacher.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
+        teacher.model(**model_inputs(batch))
     return store
 
 

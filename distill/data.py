@@ -75,6 +75,12 @@ class DataSpec:
             raise ValueError(f"data format={self.format!r} is not one of {FORMATS}")
 
 
+def model_inputs(batch: dict) -> dict:
+    """Forward kwargs for a packed batch. use_cache=False matters: transformers only derives packed-document
+    attention masks from position_ids when no cache is passed, and its models create one when use_cache is on."""
+    return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+
+
 def _chat_ids(tok, messages, add_generation_prompt=False) -> list[int]:
     out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
     if isinstance(out, dict) or hasattr(out, "keys"):

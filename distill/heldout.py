@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from .data import model_inputs
 from .losses import cross_entropy, forward_kl
 
 
@@ -24,7 +25,7 @@ class HeldOut:
     def teacher_logits(self, device) -> list[torch.Tensor]:
         if self._teacher_logits is None:
             self._teacher_logits = [
-                self.teacher(input_ids=b["input_ids"], position_ids=b["position_ids"]).logits.cpu()
+                self.teacher(**model_inputs(b)).logits.cpu()
                 for b in self._batches(device)
             ]
         return self._teacher_logits
@@ -37,7 +38,7 @@ class HeldOut:
         count = 0
         for b, t_logits in zip(self._batches(dev), self.teacher_logits(dev)):
             t_logits = t_logits.to(dev)
-            s_logits = student(input_ids=b["input_ids"], position_ids=b["position_ids"]).logits
+            s_logits = student(**model_inputs(b)).logits
             s, c = forward_kl(s_logits, t_logits, b["labels"])
             kl += s.item()
             count += int(c)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .data import model_inputs
 from .losses import combined_loss
 
 TRAINABLE = ("mixers", "mixers+mlp", "all")
@@ -44,7 +45,7 @@ def kd_loss_step(teacher, weights: dict, temperature: float = 1.0, alpha: float 
     loss = combined_loss(weights, temperature=temperature, alpha=alpha)
 
     def step(student, batch):
-        kw = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
+        kw = model_inputs(batch)
         with torch.no_grad():
             t_logits = teacher(**kw).logits
         s_logits = student(**kw).logits

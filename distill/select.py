@@ -33,6 +33,7 @@ from hybrid.modeling import MIXER_CLASSES, MixerDecoderLayer, packed_seq_idx
 from .align import teacher_io
 from .heldout import HeldOut
 from .init import TRANSFERS, hybridize
+from .data import model_inputs
 from .losses import alignment_l2, combined_loss
 
 
@@ -230,7 +231,7 @@ def _kl_guided(ctx: SelectContext, align_steps: int = 20, kd_steps: int = 10, lr
             opt = torch.optim.Adam(params, lr=lr)
             with torch.enable_grad():
                 for batch in _batches(ctx.train_rows, ctx.batch_size, kd_steps, seed=i):
-                    kw = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
+                    kw = model_inputs(batch)
                     with torch.no_grad():
                         t = teacher(**kw).logits
                     s, c, _ = kd(student(**kw).logits, t, batch["labels"])
