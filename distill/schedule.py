@@ -119,6 +119,8 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
             if key in progress.done:
                 if os.path.isdir(os.path.join(folder, "model")):
                     student = load_hybrid(os.path.join(folder, "model"), dtype=recipe.dtype)
+                    # same attention kernel as the uninterrupted run, so that a resumed run is bit-identical
+                    student.set_attn_implementation(teacher.config._attn_implementation)
                 continue
             t0, c0 = time.perf_counter(), time.process_time()
             record = {"stage": k, "phase": phase, "keep_ratio": ratio, "attention_layers": kept}

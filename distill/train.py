@@ -46,10 +46,10 @@ class TrainArgs:
     keep_checkpoints: int = 1
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        for name in ("eval_every", "save_every", "warmup_steps"):
+        for name in ("steps", "eval_every", "save_every", "warmup_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a non-negative integer")
         if not self.lr > 0:
