@@ -19,6 +19,7 @@ import time
 
 import torch
 import yaml
+from accelerate import PartialState
 
 from hybrid import load_pretrained
 from hybrid.checkpoints import load_hybrid
@@ -42,8 +43,8 @@ def _train_args(stage_recipe) -> TrainArgs:
 class Progress:
     """progress.json: the finished phases and what they measured."""
 
-    def __init__(self, out: str):
-        self.path = os.path.join(out, "progress.json")
+    def __init__(self, out: str, write: bool = True):
+        self.path, self.write = os.path.join(out, "progress.json"), write
         self.done: dict[str, dict] = {}
         if os.path.exists(self.path):
             with open(self.path) as f:
@@ -51,6 +52,8 @@ class Progress:
 
     def finish(self, phase: str, record: dict):
         self.done[phase] = record
+        if not self.write:
+            return
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.done, f, indent=1)
@@ -80,18 +83,22 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
                 stop_after: int | None = None) -> dict:
     """Run the schedule; returns the summary. `teacher`/`tok` may be passed in (tests); `stop_after` simulates an
     interruption inside the first training phase that runs."""
+    state = PartialState()  # under `accelerate launch`: rank 0 writes files, every rank trains
     os.makedirs(out, exist_ok=True)
     if not resume and os.path.exists(os.path.join(out, "progress.json")):
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    with open(os.path.join(out, "recipe.yaml"), "w") as f:
-        yaml.safe_dump(recipe_to_dict(recipe), f, sort_keys=False)
-    progress = Progress(out)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        with open(os.path.join(out, "recipe.yaml"), "w") as f:
+            yaml.safe_dump(recipe_to_dict(recipe), f, sort_keys=False)
+    progress = Progress(out, write=state.is_main_process)
     torch.manual_seed(recipe.seed)
     if teacher is None:
-        teacher, tok = load_pretrained(recipe.teacher, dtype=recipe.dtype)
+        teacher, tok = load_pretrained(recipe.teacher, dtype=recipe.dtype, device=state.device)
     teacher.requires_grad_(False)
     teacher.eval()
-    train_rows, eval_rows, corpus_s = prepare_data(recipe, teacher, tok, out)
+    with state.main_process_first():  # rank 0 samples the corpus; the others then read it
+        train_rows, eval_rows, corpus_s = prepare_data(recipe, teacher, tok, out)
     n = teacher.config.num_hidden_layers
     ev = HeldOut(teacher, eval_rows, recipe.eval_batch_size)
 
@@ -103,7 +110,8 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
         t0 = time.perf_counter()
         ctx = SelectContext(teacher, recipe.mixer, train_rows, eval_rows, recipe.eval_batch_size, heldout=ev)
         sel = select(recipe.select.strategy, ctx, **recipe.select.params)
-        save_selection(sel, out, keep_ratio=recipe.schedule[-1])
+        if state.is_main_process:
+            save_selection(sel, out, keep_ratio=recipe.schedule[-1])
         progress.finish("select", {"strategy": sel.strategy, "order": sel.order, "score_name": sel.score_name,
                                    "scores": {str(k): v for k, v in sel.scores.items()},
                                    "seconds": time.perf_counter() - t0, "corpus_seconds": corpus_s})
@@ -156,19 +164,22 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
             student.eval()
             record["seconds"] = time.perf_counter() - t0
             record["cpu_seconds"] = time.process_time() - c0
-            student.save_pretrained(os.path.join(folder, "model"))
+            if state.is_main_process:
+                student.save_pretrained(os.path.join(folder, "model"))
+            state.wait_for_everyone()
             progress.finish(key, record)
         prev_attn = kept
-    final = os.path.join(out, "final")
-    student.save_pretrained(final)
-    if tok is not None:
-        tok.save_pretrained(final)
     summary = {"teacher": recipe.teacher, "selection": sel.strategy, "corpus_seconds": corpus_s,
                "phases": [v for key, v in progress.done.items() if key.startswith("stage")]}
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(summary_table(summary) + "\n")
+    if state.is_main_process:
+        final = os.path.join(out, "final")
+        student.save_pretrained(final)
+        if tok is not None:
+            tok.save_pretrained(final)
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        with open(os.path.join(out, "summary.md"), "w") as f:
+            f.write(summary_table(summary) + "\n")
     return summary
 
 

@@ -138,11 +138,12 @@ class Trainer:
         self.acc.wait_for_everyone()
         name = f"step-{self.step:07d}"
         final = os.path.join(self.ckpt_root, name)
+        # get_state_dict gathers FSDP / ZeRO-3 shards (a collective: every rank calls it)
+        state = {k: v.detach().cpu() for k, v in self.acc.get_state_dict(self.module).items()}
         if self.acc.is_main_process:
             tmp = final + ".tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
-            state = {k: v.detach().cpu() for k, v in self.acc.unwrap_model(self.module).state_dict().items()}
             torch.save(state, os.path.join(tmp, "module.pt"))
             torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                         "rng": _rng_state(), "step": self.step, "position": self.loader.position,
