@@ -186,13 +186,19 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
 def summary_table(*summaries: dict) -> str:
     """One markdown table over one or more runs (e.g. two selection strategies side by side)."""
     lines = [f"teacher `{summaries[0]['teacher']}`", "",
-             "| selection | stage | phase | attention kept | held-out KL | ppl ratio (student / teacher) | wall s | CPU s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| selection | stage | phase | attention kept | held-out KL | ppl ratio (student / teacher) "
+             "| mixer alignment error (before -> after) | wall s | CPU s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for summary in summaries:
         for r in summary["phases"]:
             if r.get("skipped"):
                 continue
+            align = ""
+            if "alignment_error" in r:  # mean over the newly replaced layers of ||mixer - attn||^2 / ||attn||^2
+                errs = list(r["alignment_error"].values())
+                align = (f"{sum(e['before'] for e in errs) / len(errs):.3f} -> "
+                         f"{sum(e['after'] for e in errs) / len(errs):.3f}")
             lines.append(f"| {summary['selection']} | {r['stage']} | {r['phase']} | "
                          f"{len(r['attention_layers'])} ({r['keep_ratio']:.0%}) | {r['kl']:.4f} | "
-                         f"{r['ppl_ratio']:.3f} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")
+                         f"{r['ppl_ratio']:.3f} | {align} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")
     return "\n".join(lines)

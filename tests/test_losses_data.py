@@ -116,3 +116,33 @@ def test_packed_loss_equals_documents_separately():
             sep, n_sep = sep + s, n_sep + n
     assert n_packed == n_sep == sum(len(d) - 1 for d in docs)
     assert packed.item() == pytest.approx(sep.item(), rel=1e-5, abs=1e-6)
+
+
+def test_parquet_and_arrow_sources_read_like_jsonl(tmp_path):
+    import datasets
+    recs = [{"text": "abc"}, {"text": "de"}]
+    ds = datasets.Dataset.from_list(recs)
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    ds.save_to_disk(str(tmp_path / "arrow"))
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    from distill.data import read_records
+    for src in ("d.parquet", "arrow", "d.jsonl"):
+        assert read_records(str(tmp_path / src)) == recs, src
+    with pytest.raises(ValueError, match="unsupported file type"):
+        (tmp_path / "d.csv").write_text("text\nabc\n")
+        read_records(str(tmp_path / "d.csv"))
+
+
+def test_corpus_resumes_to_the_same_file(tmp_path):
+    from distill.corpus import build_corpus
+    teacher, tok = tiny_teacher("llama"), tiny_tokenizer()
+    prompts = [f"q{i}" for i in range(10)]
+    kw = dict(max_new_tokens=5, batch_size=4, temperature=1.0, top_p=1.0, seed=7)
+    build_corpus(teacher, tok, prompts, str(tmp_path / "full.jsonl"), **kw)
+    part = tmp_path / "part.jsonl"
+    build_corpus(teacher, tok, prompts[:6], str(part), **kw)  # "interrupted" after 6 prompts (mid batch 2)
+    with open(part, "a") as f:
+        f.write('{"prompt": "torn')  # and a torn last line
+    build_corpus(teacher, tok, prompts, str(part), **kw)
+    assert part.read_text() == (tmp_path / "full.jsonl").read_text()
+    assert len(part.read_text().splitlines()) == 10
