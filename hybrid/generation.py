@@ -1,0 +1,157 @@
+"""A batched decode engine for hybrids and plain transformers alike.
+
+What it does that `GenerationMixin.generate` spends time on otherwise:
+- a preallocated cache: attention layers write K/V in place into [b, kv_heads, max_len, head_dim] buffers
+  (transformers' StaticLayer) instead of concatenating a growing tensor every step; mixer layers keep their
+  fixed-size conv and SSM states; the attention mask is one preallocated buffer, sliced;
+- prefill computes logits for the last position only;
+- one short Python loop per token: sample, append, check stops; no logits-processor or stopping-criteria objects.
+
+Prompts of different lengths are left-padded (position ids count real tokens only; pads never touch a mixer's
+state: see HybridModel). Sampling: temperature, top-k, top-p, from a seeded torch.Generator, so a seed gives the
+same samples. Each row stops at its own EOS (or stop string) and then only emits padding.
+
+CUDA graphs for the decode step are not captured yet: the step is plain eager PyTorch on every device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import Cache, StaticLayer, StaticSlidingWindowLayer
+
+from .cache import teacher_attention_kinds
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_strings: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must lie in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0")
+
+
+def static_cache(model, max_len: int) -> Cache:
+    """A preallocated cache for `model` (hybrid or plain transformers causal LM), max_len tokens per row."""
+    from transformers.cache_utils import LinearAttentionLayer
+    config = model.config
+    if getattr(config, "model_type", None) == "hybrid":
+        types, teacher = config.layer_types, config.teacher_config
+    else:
+        types, teacher = ["attention"] * config.num_hidden_layers, config
+    kinds = teacher_attention_kinds(teacher)
+    layers = []
+    for i, kind in enumerate(types):
+        if kind != "attention":
+            layers.append(LinearAttentionLayer())
+        elif kinds[i] == "sliding_attention":
+            layers.append(StaticSlidingWindowLayer(max_cache_len=max_len, sliding_window=teacher.sliding_window))
+        else:
+            layers.append(StaticLayer(max_cache_len=max_len))
+    return Cache(layers=layers)
+
+
+def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
+    """[b, V] -> [b] next tokens."""
+    if p.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / p.temperature
+    if p.top_k:
+        kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
+        drop = cum - torch.softmax(sorted_logits, -1) > p.top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    probs = torch.softmax(logits, -1)
+    return torch.multinomial(probs, 1, generator=gen)[:, 0]
+
+
+@dataclass
+class GenerationOutput:
+    sequences: list[list[int]]  # generated tokens per row (prompt excluded, stop token included)
+    prompt_tokens: int
+    generated_tokens: int
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], params: SamplingParams | None = None, eos_token_id=None,
+             pad_token_id: int = 0, tokenizer=None, timer=None) -> GenerationOutput:
+    """Generate for a batch of token-id prompts. eos_token_id: an id or list of ids (default: the model's).
+
+    timer: optional callable returning seconds (e.g. a synchronizing clock) for prefill / decode timing.
+    """
+    import time
+    params = params or SamplingParams()
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    clock = timer or time.perf_counter
+    dev = next(model.parameters()).device
+    if eos_token_id is None:
+        eos_token_id = getattr(model.generation_config, "eos_token_id", None)
+    eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+    if params.stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need the tokenizer to decode with")
+    b, L = len(prompts), max(len(p) for p in prompts)
+    total = L + params.max_new_tokens
+    ids = torch.full((b, L), pad_token_id, dtype=torch.long, device=dev)
+    mask = torch.zeros((b, total), dtype=torch.long, device=dev)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):] = torch.tensor(p, device=dev)
+        mask[i, L - len(p):L] = 1
+    positions = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)
+    cache = static_cache(model, total)
+    gen = None
+    if params.temperature > 0:
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(params.seed if params.seed is not None else torch.seed())
+
+    t0 = clock()
+    logits = model(input_ids=ids, attention_mask=mask[:, :L], position_ids=positions, cache=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
+    t1 = clock()
+    out = torch.full((b, params.max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
+    eos_t = torch.tensor(sorted(eos), device=dev) if eos else None
+    pos = positions[:, -1:]
+    lengths = torch.full((b,), params.max_new_tokens, dtype=torch.long, device=dev)
+    for t in range(params.max_new_tokens):
+        nxt = _sample(logits, params, gen)
+        nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+        out[:, t] = nxt
+        was_done = done.clone()
+        if eos_t is not None:
+            done |= torch.isin(nxt, eos_t)
+        if params.stop_strings:
+            for i in range(b):
+                if not done[i]:
+                    text = tokenizer.decode(out[i, max(0, t - 16):t + 1])
+                    done[i] = any(s in text for s in params.stop_strings)
+        lengths = torch.where(done & ~was_done, torch.full_like(lengths, t + 1), lengths)
+        if bool(done.all()) or t == params.max_new_tokens - 1:
+            break
+        mask[:, L + t] = 1
+        pos = pos + 1
+        logits = model(input_ids=nxt[:, None], attention_mask=mask[:, :L + t + 1], position_ids=pos, cache=cache,
+                       use_cache=True).logits[:, -1]
+    t2 = clock()
+    seqs = [out[i, :int(lengths[i])].tolist() for i in range(b)]
+    return GenerationOutput(seqs, prompt_tokens=sum(len(p) for p in prompts),
+                            generated_tokens=sum(len(s) for s in seqs), prefill_seconds=t1 - t0,
+                            decode_seconds=t2 - t1)

@@ -1,0 +1,142 @@
+"""Tasks, answer checking, pass@k, majority vote, time-budget curves, and the decode engine."""
+import math
+
+import pytest
+import torch
+from helpers import tiny_teacher, tiny_tokenizer
+
+from distill import hybridize
+from distill.evaluate import majority_answer, majority_correct, pass_at_k, score, time_budget_curves
+from distill.tasks import Problem, extract_answer, is_correct, load_gsm8k, load_math, synthetic_math
+from hybrid.generation import SamplingParams, generate
+
+TRICKY = [  # (completion, gold, correct?)
+    (r"so \boxed{\frac{1}{2}}", "0.5", True),
+    (r"\boxed{0.5}", r"\frac{1}{2}", True),
+    (r"first \boxed{13}, no wait: \boxed{12}", "12", True),  # several boxes: the last one counts
+    (r"\boxed{12} then \boxed{13}", "12", False),
+    (r"The total is 1,000 apples.", "1000", True),  # no box: last number
+    ("<think>3 + 4 = 7</think> so it is 8", "8", True),
+    (r"\boxed{$12$}", "12", True),
+    (r"\boxed{x^2}", "12", False),
+    (r"broken \boxed{12", "12", True),  # unclosed box: falls back to the last number
+    (r"\boxed{}", "3", False),
+    ("", "3", False),
+    (None, "3", False),
+    ("}}}{{{\\boxed{\\frac{", "3", False),
+    ("no numbers at all", "3", False),
+]
+
+
+@pytest.mark.parametrize("completion,gold,ok", TRICKY)
+def test_answer_checking_on_tricky_cases(completion, gold, ok):
+    assert is_correct(completion, gold) is ok
+
+
+def test_synthetic_tasks_are_seeded_disjoint_and_verifiable():
+    a = synthetic_math(40, "train", seed=3)
+    assert [p.to_dict() for p in a] == [p.to_dict() for p in synthetic_math(40, "train", seed=3)]
+    assert [p.problem for p in a] != [p.problem for p in synthetic_math(40, "train", seed=4)]
+    test = synthetic_math(200, "test", seed=3)
+    train = synthetic_math(800, "train", seed=3)
+    assert not {p.problem for p in test} & {p.problem for p in train}
+    assert len({p.problem for p in train}) == 800
+    assert all(is_correct(p.solution, p.answer) for p in train + test)
+    assert all(p.solution.startswith("<think>") and "</think>" in p.solution for p in test)
+    assert {p.level for p in test} == {1, 2, 3}
+    with pytest.raises(ValueError, match="levels"):
+        synthetic_math(3, levels=(9,))
+
+
+def test_loaders(tmp_path):
+    g = tmp_path / "gsm.jsonl"
+    g.write_text('{"question": "2+2?", "answer": "2+2=4\\n#### 4"}\n{"question": "q", "answer": "#### 1,200"}\n')
+    probs = load_gsm8k(str(g))
+    assert [p.answer for p in probs] == ["4", "1200"]
+    m = tmp_path / "math.jsonl"
+    m.write_text('{"problem": "p", "solution": "so \\\\boxed{\\\\frac{1}{2}}"}\n{"problem": "q", "answer": "7"}\n')
+    assert [p.answer for p in load_math(str(m))] == ["\\frac{1}{2}", "7"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q"}\n')
+    with pytest.raises(ValueError, match="row 0 has no field 'answer'"):
+        load_gsm8k(str(bad))
+
+
+def test_pass_at_k_matches_hand_computation():
+    assert pass_at_k(5, 0, 1) == 0.0
+    assert pass_at_k(5, 5, 3) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(4, 2))  # 0.5
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))
+    assert pass_at_k(3, 2, 2) == 1.0  # n - c < k
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+
+
+def test_majority_vote_groups_equivalents_ignores_garbage_and_breaks_ties_deterministically():
+    assert majority_answer(["0.5", r"\frac{1}{2}", "3", "3", None]) == "0.5"  # 2 vs 2: earliest group wins
+    assert majority_answer(["3", "0.5", "1/2"]) == "0.5"  # 0.5 and 1/2 are one group of 2
+    assert majority_answer([None, None]) is None
+    assert majority_correct([r"\boxed{7}", "junk", r"\boxed{7}", r"\boxed{8}"], "7")
+    assert not majority_correct(["junk", "", "}{"], "7")
+    probs = [Problem("a", "p", "7"), Problem("b", "q", "2")]
+    s = score(probs, [[r"\boxed{7}", r"\boxed{1}"], [r"\boxed{3}", r"\boxed{3}"]], ks=(1, 2))
+    assert s["pass@1"] == pytest.approx(0.25) and s["pass@2"] == pytest.approx(0.5) and s["maj@2"] == 0.5
+
+
+def test_time_budget_curves_on_a_synthetic_timing_table():
+    correct = {"fast": [[False, True, False, False], [False, False, False, True]],
+               "slow": [[True, False, False, False], [False, False, False, False]]}
+    answers = {"fast": [["1", "5", "1", "2"], ["9", "9", "4", "4"]], "slow": [["5", "1", "1", "1"], ["0", "0", "0", "0"]]}
+    curves = time_budget_curves({"fast": 1.0, "slow": 2.5}, correct, answers, ["5", "4"], [0.5, 2, 5, 100])
+    fast = {r["budget_s"]: r for r in curves["fast"]}
+    slow = {r["budget_s"]: r for r in curves["slow"]}
+    assert [fast[T]["k"] for T in (0.5, 2, 5, 100)] == [0, 2, 4, 4]
+    assert [slow[T]["k"] for T in (0.5, 2, 5, 100)] == [0, 0, 2, 4]
+    assert fast[100]["capped"] and fast[100]["k_budget"] == 100
+    assert fast[2]["coverage"] == pytest.approx((pass_at_k(4, 1, 2) + pass_at_k(4, 1, 2)) / 2)
+    assert fast[5]["coverage"] == 1.0 and slow[5]["coverage"] == pytest.approx(pass_at_k(4, 1, 2) / 2)
+    assert fast[2]["majority"] == 0.0  # ["1", "5"] -> "1"; ["9", "9"] -> "9"
+    assert fast[5]["majority"] == 0.0  # ["1","5","1","2"] -> "1" wrong; ["9","9","4","4"]: tie -> first, "9", wrong
+    assert slow[5]["majority"] == 0.5  # ["5", "1"] tie -> "5" right; ["0", "0"] wrong
+
+
+@pytest.mark.parametrize("mixer", ["mamba2", "mamba"])
+def test_engine_greedy_equals_hf_greedy(mixer):
+    teacher = tiny_teacher("llama")
+    for model in (teacher, hybridize(teacher, [1, 3], mixer=mixer, chunk_size=16)):
+        prompts = [[5, 6, 7, 8, 9], [10, 11], list(range(20, 60))]
+        out = generate(model, prompts, SamplingParams(max_new_tokens=12), eos_token_id=[], pad_token_id=0)
+        for p, o in zip(prompts, out.sequences):
+            ref = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, pad_token_id=0,
+                                 eos_token_id=None)
+            assert o == ref[0, len(p):].tolist()
+
+
+def test_engine_sampling_is_seeded_and_eos_stops_only_its_row():
+    model = hybridize(tiny_teacher("llama"), [1])
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    p = SamplingParams(max_new_tokens=10, temperature=1.0, top_k=40, top_p=0.9, seed=11)
+    a = generate(model, prompts, p, eos_token_id=[], pad_token_id=0).sequences
+    b = generate(model, prompts, p, eos_token_id=[], pad_token_id=0).sequences
+    c = generate(model, prompts, SamplingParams(max_new_tokens=10, temperature=1.0, seed=12), eos_token_id=[],
+                 pad_token_id=0).sequences
+    assert a == b and a != c
+    greedy = generate(model, prompts, SamplingParams(max_new_tokens=10), eos_token_id=[], pad_token_id=0).sequences
+    stop = greedy[1][3]  # make row 1's 4th token the EOS
+    out = generate(model, prompts, SamplingParams(max_new_tokens=10), eos_token_id=stop, pad_token_id=0).sequences
+    first = greedy[1].index(stop)
+    assert out[1] == greedy[1][:first + 1]
+    for i in (0, 2):
+        k = greedy[i].index(stop) + 1 if stop in greedy[i] else 10
+        assert out[i] == greedy[i][:k]
+    assert max(len(o) for o in out) > len(out[1])  # the other rows went on
+
+
+def test_engine_stop_strings_need_a_tokenizer():
+    model = hybridize(tiny_teacher("llama"), [1])
+    with pytest.raises(ValueError, match="tokenizer"):
+        generate(model, [[5]], SamplingParams(max_new_tokens=3, stop_strings=["x"]))
+    out = generate(model, [[5, 6]], SamplingParams(max_new_tokens=6, stop_strings=["\x7f"]), eos_token_id=[],
+                   tokenizer=tiny_tokenizer())
+    assert len(out.sequences[0]) == 6
