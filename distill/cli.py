@@ -124,6 +124,63 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_bench_throughput(args) -> int:
+    from .bench import run_throughput
+
+    run_throughput(args.models, args.batch, args.prompt_len, args.gen_len, args.context or [], args.out,
+                   hf_baseline=not args.no_hf, context_batch=args.context_batch, context_steps=args.context_steps)
+    print(f"-> {args.out}/bench.json, bench.csv, bench.png")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from .evaluate import (best_batch_size, plot_time_budget, sample_completions, score, time_budget_curves)
+    from .tasks import extract_answer, is_correct, load_tasks
+
+    if args.mode == "accuracy" and not args.model:
+        raise ValueError("eval accuracy needs --model")
+    if args.mode == "time-budget" and not args.models:
+        raise ValueError("eval time-budget needs --models")
+    problems = load_tasks(args.tasks, n=args.n, seed=args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    if args.mode == "accuracy":
+        from .bench import load_spec
+        model, tok, label = load_spec(args.model, need_tokenizer=True)
+        comps, secs, tokens = sample_completions(model, tok, problems, args.samples, batch_size=args.batch_size, **kw)
+        ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k <= args.samples} | {args.samples})
+        result = {"model": label, "tasks": args.tasks, "samples": args.samples, "seconds": secs, "tokens": tokens,
+                  **score(problems, comps, ks)}
+        print(json.dumps({k: v for k, v in result.items()}, indent=1))
+        with open(os.path.join(args.out, "eval.json"), "w") as f:
+            json.dump({**result, "completions": comps, "problems": [p.to_dict() for p in problems]}, f)
+        return 0
+    from .bench import load_spec
+    spp, correct, answers, meta = {}, {}, {}, {}
+    for spec in args.models:
+        model, tok, label = load_spec(spec, need_tokenizer=True)
+        best = best_batch_size(model, tok, problems, candidates=args.batch_candidates, **kw)
+        comps, secs, tokens = sample_completions(model, tok, problems, args.samples, batch_size=best["best_batch"],
+                                                 **kw)
+        spp[label] = secs / (len(problems) * args.samples)  # measured over the whole draw
+        correct[label] = [[is_correct(c, p.answer) for c in cs] for p, cs in zip(problems, comps)]
+        answers[label] = [[extract_answer(c) for c in cs] for cs in comps]
+        meta[label] = {**best, "seconds": secs, "tokens": tokens, "seconds_per_sample": spp[label]}
+        print(f"{label}: best batch {best['best_batch']}, {spp[label]:.3f} s/sample, "
+              f"pass@1 {sum(map(sum, correct[label])) / (len(problems) * args.samples):.3f}")
+    curves = time_budget_curves(spp, correct, answers, [p.answer for p in problems], args.budgets)
+    with open(os.path.join(args.out, "time_budget.json"), "w") as f:
+        json.dump({"tasks": args.tasks, "problems": len(problems), "samples": args.samples, "models": meta,
+                   "curves": curves}, f, indent=1)
+    plot_time_budget(curves, os.path.join(args.out, "time_budget.png"), title=f"{args.tasks}, {len(problems)} problems")
+    for label, rows in curves.items():
+        print(label, [(r["budget_s"], r["k"], round(r["coverage"], 3), r["majority"]) for r in rows])
+    print(f"-> {args.out}/time_budget.json, time_budget.png")
+    return 0
+
+
 def _param(text: str):
     import yaml
     if "=" not in text:
@@ -178,6 +235,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--param", action="append", type=_param, help="strategy parameter name=value")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_select)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    bt = bsub.add_parser("throughput", help="decode throughput of teachers and hybrids, side by side")
+    bt.add_argument("--models", nargs="+", required=True, help="specs; append @attn=R to convert on the fly")
+    bt.add_argument("--batch", nargs="+", type=int, default=[1, 16])
+    bt.add_argument("--prompt-len", type=int, default=256)
+    bt.add_argument("--gen-len", type=int, default=256)
+    bt.add_argument("--context", nargs="*", type=int, default=[], help="context lengths for time-per-token")
+    bt.add_argument("--context-batch", type=int, default=16)
+    bt.add_argument("--context-steps", type=int, default=8)
+    bt.add_argument("--no-hf", action="store_true", help="skip the HF generate() baseline")
+    bt.add_argument("--out", default="runs/bench")
+    bt.set_defaults(func=cmd_bench_throughput)
+
+    e = sub.add_parser("eval", help="task accuracy (pass@1, pass@k, maj@k), or accuracy under time budgets")
+    e.add_argument("mode", nargs="?", choices=["accuracy", "time-budget"], default="accuracy")
+    e.add_argument("--model", help="model spec (accuracy)")
+    e.add_argument("--models", nargs="+", help="model specs (time-budget)")
+    e.add_argument("--tasks", default="synthetic:test", help="synthetic:test, a GSM8K/MATH .jsonl, or a HF id")
+    e.add_argument("--n", type=int, default=None, help="number of problems")
+    e.add_argument("--samples", type=int, default=4)
+    e.add_argument("--max-new-tokens", type=int, default=256)
+    e.add_argument("--temperature", type=float, default=0.7)
+    e.add_argument("--top-p", type=float, default=0.95)
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--batch-candidates", nargs="+", type=int, default=[4, 16, 32])
+    e.add_argument("--budgets", nargs="+", type=float, default=[1, 3, 10, 30, 100])
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default="runs/eval")
+    e.set_defaults(func=cmd_eval)
 
     su = sub.add_parser("summary", help="one table over finished distill runs")
     su.add_argument("runs", nargs="+")

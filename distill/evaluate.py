@@ -99,3 +99,69 @@ def time_budget_curves(seconds_per_sample: dict[str, float], correct: dict[str, 
                          "majority": maj})
         curves[model] = rows
     return curves
+
+
+def _prompt_ids(tok, problem) -> list[int]:
+    from .tasks import prompt_of
+    text = prompt_of(problem)
+    if getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    return tok(text).input_ids
+
+
+def sample_completions(model, tok, problems, k: int, max_new_tokens: int = 256, temperature: float = 0.7,
+                       top_p: float = 0.95, batch_size: int = 16, seed: int = 0):
+    """k samples per problem through the decode engine. Returns (completions [problem][sample], wall seconds,
+    generated tokens). Batch j is sampled with seed + j, so results are reproducible."""
+    import time
+
+    from hybrid.generation import SamplingParams, generate
+
+    jobs = [(i, _prompt_ids(tok, p)) for i, p in enumerate(problems) for _ in range(k)]
+    out: list[list[str]] = [[] for _ in problems]
+    eos = model.generation_config.eos_token_id
+    if tok.eos_token_id is not None:
+        eos = sorted({tok.eos_token_id} | set([eos] if isinstance(eos, int) else (eos or [])))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    t0, tokens = time.perf_counter(), 0
+    for j in range(0, len(jobs), batch_size):
+        chunk = jobs[j:j + batch_size]
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                seed=seed + j // batch_size)
+        res = generate(model, [ids for _, ids in chunk], params, eos_token_id=eos, pad_token_id=pad)
+        tokens += res.generated_tokens
+        for (i, _), seq in zip(chunk, res.sequences):
+            out[i].append(tok.decode(seq, skip_special_tokens=True))
+    return out, time.perf_counter() - t0, tokens
+
+
+def best_batch_size(model, tok, problems, candidates=(1, 4, 16, 32), max_new_tokens: int = 256, **kw) -> dict:
+    """Seconds per sample at each candidate batch size (one batch of real problems each); the best one."""
+    per = {}
+    for b in candidates:
+        probs = (problems * b)[:b]
+        _, secs, _ = sample_completions(model, tok, probs, 1, max_new_tokens=max_new_tokens, batch_size=b, **kw)
+        per[b] = secs / b
+    best = min(per, key=per.get)
+    return {"seconds_per_sample_by_batch": per, "best_batch": best}
+
+
+def plot_time_budget(curves: dict, path: str, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for model, rows in curves.items():
+        T = [r["budget_s"] for r in rows]
+        axes[0].plot(T, [r["coverage"] for r in rows], "o-", label=model)
+        if rows and rows[0].get("majority") is not None:
+            axes[1].plot(T, [r["majority"] for r in rows], "o-", label=model)
+    axes[0].set(xlabel="seconds per problem", ylabel="coverage (pass@k(T))", xscale="log", title=title or "coverage")
+    axes[1].set(xlabel="seconds per problem", ylabel="majority-vote accuracy", xscale="log", title="majority vote")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -96,7 +96,7 @@ def load_pretrained(spec: str, dtype=None, device=None, tokenizer: bool = True):
             raise ValueError(f"{path!r} is neither a model directory (no config.json) nor a .gguf file")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
         if tokenizer:
-            tok = AutoTokenizer.from_pretrained(path)
+            tok = _tokenizer_or_none(path) if os.path.isdir(path) else AutoTokenizer.from_pretrained(path)
     if device is not None:
         model = model.to(device)
     return model.eval(), tok

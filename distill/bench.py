@@ -1,0 +1,235 @@
+"""`hybrid-distill bench throughput`: decode speed of teachers and hybrids, measured side by side in one run.
+
+    hybrid-distill bench throughput --models smollm2-135m smollm2-135m@attn=0.25 smollm2-135m@attn=0 \\
+        --batch 1 16 --prompt-len 256 --gen-len 256 --context 512 2048 4096 --out runs/bench
+
+A model spec is anything `load_pretrained` reads, optionally with `@attn=R`: the model converted on the fly to a
+hybrid keeping a fraction R of its layers as attention (uniform selection, transfer-initialised weights: enough
+for speed). Every model runs through the same engine (hybrid/generation.py), so the teacher is the fair
+baseline; the teacher also runs through HF `generate()` (the baseline users know).
+
+Order of work for each model: a correctness gate (engine greedy == HF greedy on the first tokens; a model that
+fails is reported and not timed), a warm-up, then the timings. Reported: output tokens/s, time to first token,
+time per output token, cache size; with --context, the time per output token at a given context length after a
+real prefill of that length. A roofline column divides the bytes a decode step must read (weights, KV cache,
+mixer states) by this machine's measured copy bandwidth. Results: bench.json, bench.csv, bench.png.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+
+import torch
+
+from hybrid import load_pretrained
+from hybrid.generation import SamplingParams, generate, static_cache
+
+
+def load_spec(spec: str, need_tokenizer: bool = False):
+    """(model, tokenizer, label) for `path[@attn=R]`."""
+    base, _, opt = spec.partition("@")
+    model, tok = load_pretrained(base)
+    if need_tokenizer and tok is None:
+        raise ValueError(f"{base} has no tokenizer; evaluation needs one")
+    if opt:
+        if not opt.startswith("attn="):
+            raise ValueError(f"model spec {spec!r}: the only option is @attn=<ratio>")
+        from .init import hybridize
+        from .select import uniform_attention_layers
+        ratio = float(opt[len("attn="):])
+        n = model.config.num_hidden_layers
+        model = hybridize(model, uniform_attention_layers(n, ratio)).eval()
+    model.requires_grad_(False)
+    return model, tok, spec
+
+
+def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
+    """Bytes per second moved by a large tensor copy (read + write), best of reps."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32).normal_()
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * nbytes / best
+
+
+def step_bytes(model, batch: int, context: int) -> int:
+    """Bytes a decode step must read: all weights once, the KV cache of attention layers up to `context`, and the
+    mixer states (read and written)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    cfg = model.config
+    hybrid = getattr(cfg, "model_type", None) == "hybrid"
+    t = cfg.teacher_config if hybrid else cfg
+    types = cfg.layer_types if hybrid else ["attention"] * t.num_hidden_layers
+    el = next(model.parameters()).element_size()
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    kv_heads = getattr(t, "num_key_value_heads", None) or t.num_attention_heads
+    total = weights
+    for i, kind in enumerate(types):
+        if kind == "attention":
+            total += 2 * kv_heads * head_dim * context * batch * el
+        else:
+            mix = model.model.layers[i].mamba
+            conv = mix.conv1d.weight.shape[0] * mix.conv1d.weight.shape[-1]
+            ssm = mix.A_log.numel() * (mix.d_state if kind == "mamba2" else 1) * \
+                (mix.headdim if kind == "mamba2" else 1)
+            total += 2 * batch * (conv * el + ssm * 4)  # states are fp32
+    return total
+
+
+def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    low = 100 if vocab > 200 else 3  # skip special tokens of real vocabularies
+    return torch.randint(low, min(vocab, 30000), (batch, length), generator=g).tolist()
+
+
+def correctness_gate(model, tok, tokens: int = 8) -> bool:
+    prompt = _prompts(1, 16, model.config.vocab_size, 123)[0]
+    ours = generate(model, [prompt], SamplingParams(max_new_tokens=tokens), eos_token_id=[]).sequences[0]
+    ref = model.generate(torch.tensor([prompt]), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                         pad_token_id=0)[0, len(prompt):].tolist()
+    return ours == ref
+
+
+def time_engine(model, batch, prompt_len, gen_len, seed=0) -> dict:
+    prompts = _prompts(batch, prompt_len, model.config.vocab_size, seed)
+    out = generate(model, prompts, SamplingParams(max_new_tokens=gen_len), eos_token_id=[])
+    total = out.prefill_seconds + out.decode_seconds
+    return {"tokens_per_s": out.generated_tokens / total, "ttft_s": out.prefill_seconds,
+            "tpot_ms": 1000 * out.decode_seconds / max(1, gen_len - 1), "generated": out.generated_tokens}
+
+
+def time_hf(model, batch, prompt_len, gen_len, seed=0) -> dict:
+    ids = torch.tensor(_prompts(batch, prompt_len, model.config.vocab_size, seed))
+    t0 = time.perf_counter()
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen_len, min_new_tokens=gen_len,
+                         do_sample=False, pad_token_id=0)
+    dt = time.perf_counter() - t0
+    return {"tokens_per_s": batch * (out.shape[1] - prompt_len) / dt}
+
+
+@torch.no_grad()
+def time_context(model, batch, context, steps=8, seed=0) -> dict:
+    """Time per output token at `context` tokens of cache, filled by a real prefill."""
+    ids = torch.tensor(_prompts(batch, context, model.config.vocab_size, seed))
+    cache = static_cache(model, context + steps + 1)
+    mask = torch.ones(batch, context + steps + 1, dtype=torch.long)
+    pos = torch.arange(context)[None].expand(batch, -1)
+    logits = model(input_ids=ids, attention_mask=mask[:, :context], position_ids=pos, cache=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
+    nxt = logits.argmax(-1)
+    times = []
+    for s in range(steps):
+        t0 = time.perf_counter()
+        logits = model(input_ids=nxt[:, None], attention_mask=mask[:, :context + s + 1],
+                       position_ids=torch.full((batch, 1), context + s), cache=cache, use_cache=True).logits[:, -1]
+        nxt = logits.argmax(-1)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"tpot_ms": 1000 * times[len(times) // 2]}  # median step
+
+
+def environment() -> dict:
+    import transformers
+
+    from hybrid.ops.backends import active_backend
+    return {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "mixer_backend": active_backend("cuda" if torch.cuda.is_available() else "cpu")}
+
+
+def run_throughput(specs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline=True, context_batch=16,
+                   context_steps=8) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    env = environment()
+    env["copy_bandwidth_GBps"] = copy_bandwidth() / 1e9
+    print("environment:", json.dumps(env))
+    rows = []
+    for spec in specs:
+        model, tok, label = load_spec(spec)
+        ok = correctness_gate(model, tok)
+        print(f"{label}: correctness gate (engine greedy == HF greedy): {'pass' if ok else 'FAIL'}")
+        if not ok:
+            rows.append({"model": label, "gate": "fail"})
+            continue
+        time_engine(model, 2, 16, 4)  # warm-up
+        for b in batches:
+            r = {"model": label, "mode": "generate", "batch": b, "prompt_len": prompt_len, "gen_len": gen_len,
+                 **time_engine(model, b, prompt_len, gen_len)}
+            r["roofline_ms"] = 1000 * step_bytes(model, b, prompt_len + gen_len // 2) / (env["copy_bandwidth_GBps"] * 1e9)
+            if hf_baseline and getattr(model.config, "model_type", None) != "hybrid":
+                r["hf_tokens_per_s"] = time_hf(model, b, prompt_len, gen_len)["tokens_per_s"]
+            rows.append(r)
+            print(json.dumps(r))
+        for c in contexts:
+            r = {"model": label, "mode": "context", "batch": context_batch, "context": c,
+                 **time_context(model, context_batch, c, context_steps)}
+            r["roofline_ms"] = 1000 * step_bytes(model, context_batch, c) / (env["copy_bandwidth_GBps"] * 1e9)
+            rows.append(r)
+            print(json.dumps(r))
+        del model
+    result = {"environment": env, "results": rows}
+    with open(os.path.join(out_dir, "bench.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    keys = sorted({k for r in rows for k in r})
+    with open(os.path.join(out_dir, "bench.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    plot_throughput(result, os.path.join(out_dir, "bench.png"))
+    print(ratio_table(result))
+    return result
+
+
+def ratio_table(result: dict) -> str:
+    """Markdown: per model, time per output token vs the first model (the teacher) at each setting."""
+    rows = [r for r in result["results"] if r.get("gate") != "fail"]
+    if not rows:
+        return "no results"
+    base = rows[0]["model"]
+    lines = ["| model | setting | tok/s | TPOT ms | roofline ms | speed-up vs " + base + " | HF generate tok/s |",
+             "|---|---|---|---|---|---|---|"]
+    ref = {}
+    for r in rows:
+        key = (r["mode"], r["batch"], r.get("context"), r.get("gen_len"))
+        if r["model"] == base:
+            ref[key] = r["tpot_ms"]
+    for r in rows:
+        key = (r["mode"], r["batch"], r.get("context"), r.get("gen_len"))
+        setting = (f"batch {r['batch']}, prompt {r['prompt_len']}, gen {r['gen_len']}" if r["mode"] == "generate"
+                   else f"batch {r['batch']}, context {r['context']}")
+        tps = f"{r['tokens_per_s']:.1f}" if "tokens_per_s" in r else ""
+        speed = f"{ref[key] / r['tpot_ms']:.2f}x" if key in ref else ""
+        hf = f"{r['hf_tokens_per_s']:.1f}" if "hf_tokens_per_s" in r else ""
+        lines.append(f"| {r['model']} | {setting} | {tps} | {r['tpot_ms']:.1f} | {r['roofline_ms']:.1f} | {speed} | {hf} |")
+    return "\n".join(lines)
+
+
+def plot_throughput(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in result["results"] if r.get("gate") != "fail"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for m in models:
+        gen = [r for r in rows if r["model"] == m and r["mode"] == "generate"]
+        ctx = [r for r in rows if r["model"] == m and r["mode"] == "context"]
+        if gen:
+            axes[0].plot([r["batch"] for r in gen], [r["tokens_per_s"] for r in gen], "o-", label=m)
+        if ctx:
+            axes[1].plot([r["context"] for r in ctx], [r["tpot_ms"] for r in ctx], "o-", label=m)
+    axes[0].set(xlabel="batch", ylabel="output tokens / s", title="generation throughput", xscale="log")
+    axes[1].set(xlabel="context length", ylabel="ms per output token", title="decode cost vs context", xscale="log")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
