@@ -194,6 +194,16 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from hybrid import load_pretrained
+    from hybrid.export import export_granitemoehybrid
+
+    model, tok = load_pretrained(args.model)
+    diff = export_granitemoehybrid(model, args.out, tokenizer=tok, atol=args.atol)
+    print(f"exported {args.model} -> {args.out} (GraniteMoeHybrid); transformers' logits match ours to {diff:.2e}")
+    return 0
+
+
 def _param(text: str):
     import yaml
     if "=" not in text:
@@ -284,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--from", dest="src", required=True)
     im.add_argument("--out", required=True)
     im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export", help="write a transformers-native checkpoint that vLLM / SGLang serve")
+    ex.add_argument("--model", required=True)
+    ex.add_argument("--to", choices=["granitemoehybrid"], default="granitemoehybrid")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--atol", type=float, default=1e-4, help="logit tolerance of the self-check")
+    ex.set_defaults(func=cmd_export)
 
     su = sub.add_parser("summary", help="one table over finished distill runs")
     su.add_argument("runs", nargs="+")

@@ -72,7 +72,8 @@ def hybridize(teacher: nn.Module, attn_layers, mixer: str = "mamba2", **mixer_se
     if isinstance(teacher, HybridForCausalLM):
         teacher_config, current = teacher.config.teacher_config, teacher.config.layer_types
         mixer_settings = {**{k: getattr(teacher.config, k) for k in ("d_conv", "conv_bias", "chunk_size",
-                             "mamba_d_state", "mamba_d_inner", "mamba_dt_rank")}, **mixer_settings}
+                             "mamba_d_state", "mamba_d_inner", "mamba_dt_rank", "mamba_norm_eps")},
+                          **mixer_settings}
     else:
         teacher_config, current = teacher.config, None
     n = teacher_config.num_hidden_layers

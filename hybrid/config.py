@@ -35,6 +35,8 @@ class HybridConfig(PretrainedConfig):
         mamba_d_state: Mamba1 state size per channel (16 in MambaInLlama).
         mamba_d_inner: Mamba1 inner width; None means the teacher's hidden size (expand = 1).
         mamba_dt_rank: Mamba1 low-rank dt width; None means ceil(hidden_size / 16).
+        mamba_norm_eps: epsilon of the Mamba2 gated RMSNorm; None means the teacher's rms_norm_eps (released
+            MambaInLlama checkpoints use 1e-5).
         format_version: on-disk format version of this project.
     """
 
@@ -49,6 +51,7 @@ class HybridConfig(PretrainedConfig):
     mamba_d_state: int = 16
     mamba_d_inner: int | None = None
     mamba_dt_rank: int | None = None
+    mamba_norm_eps: float | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self, **kwargs):
@@ -140,6 +143,10 @@ class HybridConfig(PretrainedConfig):
     @property
     def dt_rank_mamba(self) -> int:
         return self.mamba_dt_rank or math.ceil(self.hidden_size / 16)
+
+    @property
+    def gated_norm_eps(self) -> float:
+        return self.mamba_norm_eps if self.mamba_norm_eps is not None else self.teacher_config.rms_norm_eps
 
     @property
     def attention_layers(self) -> list[int]:

@@ -24,6 +24,7 @@ import os
 import torch
 
 from .config import HybridConfig
+from .mixers.mamba2 import RELEASED_GATED_NORM_EPS
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ def released_config(path: str, tensors) -> tuple[HybridConfig, str]:
         i = layer_types.index("mamba")
         down = tensors.get(f"model.layers.{i}.mamba.dt_proj.weight")
         kw["mamba_dt_rank"] = int(down.shape[1]) if down is not None else math.ceil(d_model / 16)
+    if mixer == "mamba2":
+        kw["mamba_norm_eps"] = RELEASED_GATED_NORM_EPS
     config = HybridConfig(teacher_config=teacher, layer_types=layer_types, **kw)
     if mixer == "mamba2":
         for name, want in (("d_inner", config.d_inner), ("d_xb", config.d_xb)):

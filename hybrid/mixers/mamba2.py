@@ -21,13 +21,13 @@ from transformers import initialization as init
 from ..ops import backends
 from .common import cached_states, init_dt_bias, init_linear_and_conv, run_conv
 
-GATED_NORM_EPS = 1e-5  # mamba_ssm's RMSNormGated default, used by the released Mamba2 hybrids
+RELEASED_GATED_NORM_EPS = 1e-5  # mamba_ssm's RMSNormGated default, used by the released Mamba2 hybrids
 
 
 class GatedRMSNorm(nn.Module):
     """RMSNorm(y * silu(z)) per group of `group_size` channels (mamba_ssm RMSNormGated, norm_before_gate=False)."""
 
-    def __init__(self, dim: int, group_size: int, eps: float = GATED_NORM_EPS, device=None, dtype=None):
+    def __init__(self, dim: int, group_size: int, eps: float = RELEASED_GATED_NORM_EPS, device=None, dtype=None):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
         self.group_size, self.eps = group_size, eps
@@ -58,7 +58,7 @@ class Mamba2Mixer(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(self.nheads, **kw))
         self.A_log = nn.Parameter(torch.empty(self.nheads, **kw))
         self.D = nn.Parameter(torch.empty(self.nheads, **kw))
-        self.norm = GatedRMSNorm(self.d_inner, group_size=self.headdim, **kw)
+        self.norm = GatedRMSNorm(self.d_inner, group_size=self.headdim, eps=config.gated_norm_eps, **kw)
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=False, **kw)
 
     @torch.no_grad()
