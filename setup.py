@@ -23,6 +23,7 @@ setup(
         "tqdm",
         "matplotlib",
         "pyyaml",
+        "ninja",  # builds csrc/ kernels on first use
     ],
     extras_require={
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4", "flash-attn>=2.6"],

@@ -29,6 +29,8 @@ def cmd_convert(args) -> int:
     n = teacher.config.num_hidden_layers
     attn = args.attn_layers if args.attn_layers is not None else uniform_attention_layers(n, args.attn_ratio)
     t1 = time.perf_counter()
+    import torch
+    torch.manual_seed(args.seed)  # the mixer parts without an attention counterpart are random: make them repeatable
     student = hybridize(teacher, attn, mixer=args.mixer)
     student.save_pretrained(args.out)
     if tok is not None:
@@ -204,6 +206,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench_ops(args) -> int:
+    from .bench import run_ops
+
+    run_ops(args.batch, args.reps, args.out)
+    return 0
+
+
 def _param(text: str):
     import yaml
     if "=" not in text:
@@ -224,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--attn-ratio", type=float, help="fraction of layers kept as attention, evenly spaced")
     c.add_argument("--mixer", choices=["mamba2", "mamba"], default="mamba2")
     c.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the mixers' default-initialised parameters")
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_convert)
 
@@ -301,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True)
     ex.add_argument("--atol", type=float, default=1e-4, help="logit tolerance of the self-check")
     ex.set_defaults(func=cmd_export)
+
+    bo = bsub.add_parser("ops", help="the project's kernels against their PyTorch twins, at real mixer shapes")
+    bo.add_argument("--batch", nargs="+", type=int, default=[1, 16, 64])
+    bo.add_argument("--reps", type=int, default=20)
+    bo.add_argument("--out", default=None)
+    bo.set_defaults(func=cmd_bench_ops)
 
     su = sub.add_parser("summary", help="one table over finished distill runs")
     su.add_argument("runs", nargs="+")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .data import DataSpec
 from .train import TrainArgs
 
 
@@ -27,15 +28,9 @@ class CorpusRecipe:
 
 
 @dataclass
-class DataRecipe:
-    source: str | None = None  # None: build a corpus from `corpus`
-    format: str = "prompt_completion"
-    text_field: str = "text"
-    prompt_field: str = "prompt"
-    completion_field: str = "completion"
-    messages_field: str = "messages"
-    mask_prompt: bool = False
-    split: str = "train"
+class DataRecipe(DataSpec):
+    """A DataSpec (format, fields, masking) plus packing and held-out sizes; no source: sample a corpus."""
+    source: str | None = None
     seq_len: int = 256
     eval_rows: int = 8
     max_records: int | None = None

@@ -13,6 +13,7 @@ its last checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -71,9 +72,8 @@ def prepare_data(recipe: DistillRecipe, teacher, tok, out: str):
         source, fmt, seconds = path, "prompt_completion", time.perf_counter() - t0
     else:
         source, fmt, seconds = d.source, d.format, 0.0
-    spec = DataSpec(source=source, format=fmt, text_field=d.text_field, prompt_field=d.prompt_field,
-                    completion_field=d.completion_field, messages_field=d.messages_field,
-                    mask_prompt=d.mask_prompt, split=d.split)
+    spec = DataSpec(**{f.name: getattr(d, f.name) for f in dataclasses.fields(DataSpec)})
+    spec.source, spec.format = source, fmt
     rows = build_rows(spec, tok, d.seq_len, limit=d.max_records)
     train, held = split_rows(rows, d.eval_rows, seed=recipe.seed)
     return train, held, seconds

@@ -12,6 +12,10 @@ state: see HybridModel). Sampling: temperature, top-k, top-p, from a seeded torc
 same samples. Each row stops at its own EOS (or stop string) and then only emits padding.
 
 CUDA graphs for the decode step are not captured yet: the step is plain eager PyTorch on every device.
+
+`HybridForCausalLM.generate()` routes here when it is called with nothing but inputs, lengths, sampling
+settings and token ids (`generate_like_hf`); anything else (streamers, logits processors, beams, output_* flags)
+goes to transformers' generate.
 """
 from __future__ import annotations
 
@@ -120,7 +124,9 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
     gen = None
     if params.temperature > 0:
         gen = torch.Generator(device=dev)
-        gen.manual_seed(params.seed if params.seed is not None else torch.seed())
+        # without an explicit seed, draw one from the global generator, so torch.manual_seed reproduces a run
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)))
+        gen.manual_seed(seed)
 
     t0 = clock()
     logits = model(input_ids=ids, attention_mask=mask[:, :L], position_ids=positions, cache=cache, use_cache=True,
@@ -155,3 +161,33 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
     return GenerationOutput(seqs, prompt_tokens=sum(len(p) for p in prompts),
                             generated_tokens=sum(len(s) for s in seqs), prefill_seconds=t1 - t0,
                             decode_seconds=t2 - t1)
+
+
+ENGINE_KWARGS = {"attention_mask", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
+                 "pad_token_id"}
+
+
+@torch.no_grad()
+def generate_like_hf(model, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The engine behind a `generate()`-shaped call: [b, L] (left-padded) -> [b, L + new], padding after EOS."""
+    gc = model.generation_config
+    get = lambda k: kwargs[k] if kwargs.get(k) is not None else getattr(gc, k, None)  # noqa: E731
+    max_new = get("max_new_tokens")
+    if max_new is None:
+        max_new = (gc.max_length or 20) - input_ids.shape[1]
+    sample = bool(get("do_sample"))
+    params = SamplingParams(max_new_tokens=max_new, temperature=(get("temperature") or 1.0) if sample else 0.0,
+                            top_k=(get("top_k") or 0) if sample else 0, top_p=(get("top_p") or 1.0) if sample else 1.0)
+    mask = kwargs.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(input_ids)
+    prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, mask)]
+    pad = get("pad_token_id")
+    eos = get("eos_token_id")
+    pad = pad if pad is not None else (eos if isinstance(eos, int) else (eos or [0])[0])
+    out = generate(model, prompts, params, eos_token_id=eos, pad_token_id=pad)
+    new = torch.full((input_ids.shape[0], max(len(s) for s in out.sequences)), pad, dtype=input_ids.dtype,
+                     device=input_ids.device)
+    for i, s in enumerate(out.sequences):
+        new[i, :len(s)] = torch.tensor(s, dtype=input_ids.dtype)
+    return torch.cat([input_ids, new], dim=1)

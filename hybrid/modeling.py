@@ -195,6 +195,14 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
 
+    def generate(self, input_ids=None, **kwargs):
+        """transformers' generate(); plain calls (inputs, lengths, sampling, token ids) run on the decode engine
+        (hybrid/generation.py), which returns the same tokens for greedy decoding, faster."""
+        from .generation import ENGINE_KWARGS, generate_like_hf
+        if input_ids is not None and input_ids.dim() == 2 and not set(kwargs) - ENGINE_KWARGS:
+            return generate_like_hf(self, input_ids, **kwargs)
+        return super().generate(input_ids, **kwargs) if input_ids is not None else super().generate(**kwargs)
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         # transformers would build a DynamicCache from config.layer_types, which names our mixers, not its own
         # layer classes; the hybrid's cache maps them (cache.py).

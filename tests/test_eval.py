@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 from helpers import tiny_teacher, tiny_tokenizer
+from transformers import GenerationMixin
 
 from distill import hybridize
 from distill.evaluate import majority_answer, majority_correct, pass_at_k, score, time_budget_curves
@@ -108,8 +109,8 @@ def test_engine_greedy_equals_hf_greedy(mixer):
         prompts = [[5, 6, 7, 8, 9], [10, 11], list(range(20, 60))]
         out = generate(model, prompts, SamplingParams(max_new_tokens=12), eos_token_id=[], pad_token_id=0)
         for p, o in zip(prompts, out.sequences):
-            ref = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, pad_token_id=0,
-                                 eos_token_id=None)
+            ref = GenerationMixin.generate(model, torch.tensor([p]), max_new_tokens=12, do_sample=False,
+                                           pad_token_id=0, eos_token_id=None)
             assert o == ref[0, len(p):].tolist()
 
 
@@ -140,3 +141,22 @@ def test_engine_stop_strings_need_a_tokenizer():
     out = generate(model, [[5, 6]], SamplingParams(max_new_tokens=6, stop_strings=["\x7f"]), eos_token_id=[],
                    tokenizer=tiny_tokenizer())
     assert len(out.sequences[0]) == 6
+
+
+def test_hybrid_generate_routes_plain_calls_to_the_engine_with_hf_results():
+    model = hybridize(tiny_teacher("llama"), [1, 3], chunk_size=16)
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7], [8, 9, 10, 11, 12, 13]])
+    mask = (ids != 0).long()
+    ours = model.generate(ids, attention_mask=mask, max_new_tokens=9, do_sample=False, pad_token_id=0)
+    ref = GenerationMixin.generate(model, ids, attention_mask=mask, max_new_tokens=9, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, ref)
+    calls = {"n": 0}
+    real = model.forward
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    model.forward = counting
+    model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert calls["n"] == 5  # one prefill, then one forward per new token: the prefix is never recomputed

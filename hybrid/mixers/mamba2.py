@@ -94,16 +94,22 @@ class Mamba2Mixer(nn.Module):
         b, T, _ = hidden_states.shape
         conv_state, ssm_state = cached_states(cache, self.layer_idx)
         z, xBC, dt = self.split_in_proj(self.in_proj(hidden_states))
-        xBC = run_conv(self.conv1d, xBC, cache, self.layer_idx, conv_state, pad_mask, seq_idx)
-        x, B, C = self.ssm_inputs(xBC)
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # [b, T, H]
         A = -torch.exp(self.A_log.float())
-        if ssm_state is not None and T == 1:
-            y, final = backends.ssd_update(ssm_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D)
-            y = y[:, None]
-        else:
-            y, final = backends.ssd_scan(x, dt, A, B, C, self.D, self.chunk_size, ssm_state, seq_idx)
-        if cache is not None:
-            cache.update_recurrent_state(final, self.layer_idx)
+        y = None
+        if ssm_state is not None and T == 1:  # decode: one fused kernel when available (states in place)
+            y = backends.fused_mamba2_step(xBC[:, 0], conv_state, self.conv1d.weight[:, 0], self.conv1d.bias,
+                                           dt[:, 0], self.dt_bias, A, self.D, ssm_state, self.n_kv, self.d_xb)
+            y = y[:, None] if y is not None else None
+        if y is None:
+            xBC = run_conv(self.conv1d, xBC, cache, self.layer_idx, conv_state, pad_mask, seq_idx)
+            x, B, C = self.ssm_inputs(xBC)
+            dt = F.softplus(dt.float() + self.dt_bias.float())  # [b, T, H]
+            if ssm_state is not None and T == 1:
+                y, final = backends.ssd_update(ssm_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D)
+                y = y[:, None]
+            else:
+                y, final = backends.ssd_scan(x, dt, A, B, C, self.D, self.chunk_size, ssm_state, seq_idx)
+            if cache is not None:
+                cache.update_recurrent_state(final, self.layer_idx)
         out = self.out_proj(self.norm(rearrange(y, "b t h p -> b t (h p)"), z))
         return (out, y) if return_ssm_output else out

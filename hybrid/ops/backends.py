@@ -31,7 +31,7 @@ try:
 except Exception:  # noqa: BLE001
     _cuda_conv1d = None
 
-_VALID = ("auto", "torch", "mamba_ssm")
+_VALID = ("auto", "torch", "csrc", "mamba_ssm")
 _warned: set[str] = set()
 
 
@@ -57,9 +57,41 @@ def _use(kernel, name: str, tensor: torch.Tensor) -> bool:
 
 def active_backend(device: torch.device | str = "cpu") -> str:
     """Name of the backend the mixers use on `device` (for logs and benchmark output)."""
-    if kernel_choice() == "torch" or torch.device(device).type != "cuda":
+    choice = kernel_choice()
+    if choice == "torch":
         return "torch"
-    return "mamba_ssm" if _mamba_chunk_scan is not None else "torch"
+    if torch.device(device).type == "cuda":
+        return "mamba_ssm" if _mamba_chunk_scan is not None and choice != "csrc" else "torch"
+    return "csrc (decode step) + torch" if csrc_available() else "torch"
+
+
+def csrc_available() -> bool:
+    """Whether the project's CPU kernels are selected and built (HYBRID_KERNELS=csrc insists on them)."""
+    choice = kernel_choice()
+    if choice not in ("auto", "csrc"):
+        return False
+    from . import csrc
+    ok = csrc.extension() is not None
+    if choice == "csrc" and not ok:
+        raise RuntimeError("HYBRID_KERNELS=csrc but hybrid._C could not be built (see the warning above)")
+    return ok
+
+
+def fused_mamba2_step(xBC, conv_state, conv_w, conv_b, dt, dt_bias, A, D, ssm_state, n_kv, d_xb):
+    """The fused decode step of csrc/cpu/mamba2_step.cpp when it applies (CPU, built), else None.
+
+    xBC [b, C] pre-conv; conv_state [b, C, K] and ssm_state [b, H, P, N] (fp32) are advanced in place.
+    Returns y [b, H, P] (before the gated norm).
+    """
+    if xBC.device.type not in ("cpu", "cuda") or not csrc_available():
+        return None
+    from . import csrc
+    ext = csrc.extension()
+    fn = ext.mamba2_step_cpu if xBC.device.type == "cpu" else getattr(ext, "mamba2_step_cuda", None)
+    if fn is None:
+        return None
+    return fn(xBC.contiguous(), conv_state, conv_w.contiguous(), conv_b, dt.contiguous(), dt_bias, A, D, ssm_state,
+              n_kv, d_xb)
 
 
 def ssd_scan(x, dt, A, B, C, D=None, chunk_size=128, initial_state=None, seq_idx=None):

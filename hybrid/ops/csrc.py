@@ -1,0 +1,37 @@
+"""The project's own kernels (csrc/), compiled on first use and cached by torch (~/.cache/torch_extensions).
+
+`extension()` returns the compiled module (named hybrid._C in the docs), or None when it cannot be built here
+(no compiler, no csrc/ beside the package): then the PyTorch path runs, after one warning.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
+SOURCES = ["binding.cpp", "cpu/mamba2_step.cpp"]
+CUDA_SOURCES = ["cuda/mamba2_step.cu", "cuda/mamba2_step_torch.cpp"]  # only when torch has CUDA
+_state: dict = {}
+
+
+def extension():
+    if "module" in _state:
+        return _state["module"]
+    module = None
+    try:
+        import torch
+        from torch.utils.cpp_extension import load
+        cuda = torch.cuda.is_available() and torch.version.cuda is not None
+        paths = [os.path.join(CSRC, s) for s in SOURCES + (CUDA_SOURCES if cuda else [])]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"kernel sources not found: {missing}")
+        flags = ["-O3", "-march=native", "-fopenmp-simd"] + (["-DWITH_CUDA"] if cuda else [])
+        module = load(name="hybrid_C_cuda" if cuda else "hybrid_C", sources=paths, extra_cflags=flags,
+                      extra_cuda_cflags=["-O3"], verbose=False)
+    except Exception as err:  # noqa: BLE001 - any build failure means: use the PyTorch path
+        logger.warning("hybrid._C (csrc/) could not be built (%s); using the PyTorch path", err)
+    _state["module"] = module
+    return module

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one script for a lent GPU machine: build the CUDA kernels, run the GPU tests, run the GPU decode benchmark.
+# Results land in $OUT (build.log, tests.log, bench.json/csv/png, nvidia-smi.txt). Sized to finish in about
+# 8 minutes including the build. The machine's image has CUDA torch but an older transformers and no einops-free
+# guarantees: carry wheels for what it lacks in .gpu-wheels/ (pip download --no-deps -d .gpu-wheels transformers
+# einops safetensors) and they are installed offline first.
+set -uo pipefail
+OUT=${OUT:-/tmp/hybrid-gpu}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/../.."
+if ls .gpu-wheels/*.whl >/dev/null 2>&1; then
+  python3 -m pip install --no-deps --no-index .gpu-wheels/*.whl > "$OUT/pip.log" 2>&1
+fi
+export PYTHONPATH=$PWD
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+python3 - > "$OUT/build.log" 2>&1 <<'PY'
+import time, torch, transformers
+t0 = time.time()
+from hybrid.ops import csrc
+ext = csrc.extension()
+print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.version.cuda)
+print("built", ext, "cuda step:", hasattr(ext, "mamba2_step_cuda"), f"in {time.time() - t0:.0f}s")
+PY
+timeout 240 python3 -m pytest -q tests/test_gpu.py tests/test_csrc.py tests/test_ops.py > "$OUT/tests.log" 2>&1
+python3 tests/gpu/make_teacher.py "$OUT/teacher" > "$OUT/teacher.log" 2>&1
+timeout 300 python3 -m distill.cli bench throughput --models "$OUT/teacher" "$OUT/teacher@attn=0.25" "$OUT/teacher@attn=0" \
+  --batch 1 16 64 --prompt-len 256 --gen-len 256 --context 2048 8192 --context-batch 16 --out "$OUT" \
+  > "$OUT/bench.log" 2>&1
+rm -rf "$OUT/teacher"
+tail -n 30 "$OUT/tests.log" "$OUT/bench.log"
