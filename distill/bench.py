@@ -147,14 +147,34 @@ def environment() -> dict:
 
 
 def run_throughput(specs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline=True, context_batch=16,
-                   context_steps=8) -> dict:
+                   context_steps=8, kernels=None) -> dict:
+    """kernels: HYBRID_KERNELS settings to run every hybrid under (e.g. ["torch", "csrc"]); None: as configured."""
+    if kernels:
+        runs = []
+        for spec in specs:
+            runs += [(spec, k) for k in kernels] if "@" in spec or _is_hybrid_path(spec) else [(spec, None)]
+        return _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps)
+    return _run([(s, None) for s in specs], batches, prompt_len, gen_len, contexts, out_dir, hf_baseline,
+                context_batch, context_steps)
+
+
+def _is_hybrid_path(spec: str) -> bool:
+    from hybrid.checkpoints import is_hybrid_dir
+    return os.path.isdir(spec) and is_hybrid_dir(spec)
+
+
+def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     env = environment()
     env["copy_bandwidth_GBps"] = copy_bandwidth() / 1e9
     print("environment:", json.dumps(env))
     rows = []
-    for spec in specs:
+    for spec, kernels in runs:
+        if kernels is not None:
+            os.environ["HYBRID_KERNELS"] = kernels
         model, tok, label = load_spec(spec)
+        if kernels is not None:
+            label = f"{label} [{kernels}]"
         ok = correctness_gate(model, tok)
         print(f"{label}: correctness gate (engine greedy == HF greedy): {'pass' if ok else 'FAIL'}")
         if not ok:

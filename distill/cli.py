@@ -130,7 +130,8 @@ def cmd_bench_throughput(args) -> int:
     from .bench import run_throughput
 
     run_throughput(args.models, args.batch, args.prompt_len, args.gen_len, args.context or [], args.out,
-                   hf_baseline=not args.no_hf, context_batch=args.context_batch, context_steps=args.context_steps)
+                   hf_baseline=not args.no_hf, context_batch=args.context_batch, context_steps=args.context_steps,
+                   kernels=args.kernels)
     print(f"-> {args.out}/bench.json, bench.csv, bench.png")
     return 0
 
@@ -280,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--context-batch", type=int, default=16)
     bt.add_argument("--context-steps", type=int, default=8)
     bt.add_argument("--no-hf", action="store_true", help="skip the HF generate() baseline")
+    bt.add_argument("--kernels", nargs="+", default=None, choices=["torch", "csrc", "mamba_ssm", "auto"],
+                    help="run every hybrid under each HYBRID_KERNELS setting, side by side")
     bt.add_argument("--out", default="runs/bench")
     bt.set_defaults(func=cmd_bench_throughput)
 

@@ -30,3 +30,6 @@ if trainer.acc.is_main_process:
     checksum = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
     with open(out, "w") as f:
         json.dump({"loss": rec["loss"], "checksum": checksum, "world": trainer.acc.num_processes}, f)
+trainer.acc.wait_for_everyone()
+if torch.distributed.is_initialized():  # a clean shutdown: gloo's threads otherwise abort the process at exit
+    torch.distributed.destroy_process_group()
