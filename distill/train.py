@@ -9,6 +9,7 @@
   an interrupted write never replaces a good checkpoint. `resume=True` restores model, optimizer, scheduler, RNG
   and data position, so the loss curve continues exactly (tested).
 - A non-finite loss stops the run with an error naming the step; the last good checkpoint is kept.
+- Ctrl-C saves the state after the last finished step before stopping.
 """
 from __future__ import annotations
 
@@ -251,7 +252,19 @@ class Trainer:
                    dynamic_ncols=True)
         t0, tokens = time.perf_counter(), 0.0
         while self.step < self.args.steps:
-            rec = self.train_step()
+            position, rng = self.loader.position, _rng_state()
+            try:
+                rec = self.train_step()
+            except KeyboardInterrupt:
+                # Ctrl-C: the step in flight is dropped (its gradients never applied, its data and random numbers
+                # given back); the state after the last finished step is saved, so `resume` loses nothing.
+                self.opt.zero_grad(set_to_none=True)
+                self.loader.position = position
+                _set_rng_state(rng)
+                bar.close()
+                if self.step and self.latest_checkpoint() != os.path.join(self.ckpt_root, f"step-{self.step:07d}"):
+                    self.save()
+                raise
             done_now += 1
             tokens += rec["tokens"]
             tps = tokens / max(1e-9, time.perf_counter() - t0)

@@ -198,3 +198,26 @@ def test_distill_pipeline_runs_and_resumes(tmp_path):
     for x, y in zip(full["phases"], resumed["phases"]):
         assert x["kl"] == pytest.approx(y["kl"], rel=1e-6), (x["stage"], x["phase"])
     assert os.path.isfile(tmp_path / "a" / "select.png") and os.path.isfile(tmp_path / "a" / "summary.md")
+
+
+def test_ctrl_c_saves_the_last_finished_step_and_resume_continues_exactly(tmp_path):
+    straight, s_model = _kd_trainer(tmp_path / "a")
+    straight.run()
+    first, _ = _kd_trainer(tmp_path / "b", save_every=100)
+    real, calls = first.loss_step, {"n": 0}
+
+    def interrupted(module, batch):
+        calls["n"] += 1
+        if calls["n"] == 2 * 5 + 1:  # inside step 6 (2 micro-batches a step)
+            raise KeyboardInterrupt
+        return real(module, batch)
+
+    first.loss_step = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    assert first.latest_checkpoint().endswith("step-0000005")
+    second, r_model = _kd_trainer(tmp_path / "b", save_every=100)
+    second.run(resume=True)
+    assert [r["loss"] for r in straight.history if "loss" in r] == [r["loss"] for r in second.history if "loss" in r]
+    for (k, a), (_, b) in zip(s_model.state_dict().items(), r_model.state_dict().items()):
+        assert torch.equal(a, b), k
