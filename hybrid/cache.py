@@ -6,7 +6,8 @@ Only the mapping from our `layer_types` to those classes lives here: no parallel
 """
 from __future__ import annotations
 
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer, LinearAttentionLayer
+from transformers.cache_utils import (Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer,
+                                     LinearAttentionLayer, StaticLayer, StaticSlidingWindowLayer)
 
 
 def teacher_attention_kinds(teacher_config) -> list[str]:
@@ -20,17 +21,31 @@ def teacher_attention_kinds(teacher_config) -> list[str]:
     return ["full_attention"] * n
 
 
+def cache_layers(config, max_len: int | None = None) -> list:
+    """One transformers cache layer per model layer, for a hybrid or a plain causal LM config.
+
+    max_len None: growing KV layers (dynamic); an int: preallocated KV layers of max_len tokens (static).
+    Mixer layers always hold fixed-size conv and SSM states.
+    """
+    if getattr(config, "model_type", None) == "hybrid":
+        types, teacher = config.layer_types, config.teacher_config
+    else:
+        types, teacher = ["attention"] * config.num_hidden_layers, config
+    kinds = teacher_attention_kinds(teacher)
+    layers = []
+    for i, kind in enumerate(types):
+        if kind != "attention":
+            layers.append(LinearAttentionLayer())
+        elif kinds[i] == "sliding_attention":
+            layers.append(DynamicSlidingWindowLayer(sliding_window=teacher.sliding_window) if max_len is None else
+                          StaticSlidingWindowLayer(max_cache_len=max_len, sliding_window=teacher.sliding_window))
+        else:
+            layers.append(DynamicLayer() if max_len is None else StaticLayer(max_cache_len=max_len))
+    return layers
+
+
 class HybridCache(DynamicCache):
     """A DynamicCache whose layers follow the hybrid's layer_types."""
 
     def __init__(self, config):
-        kinds = teacher_attention_kinds(config.teacher_config)
-        layers = []
-        for i, kind in enumerate(config.layer_types):
-            if kind != "attention":
-                layers.append(LinearAttentionLayer())
-            elif kinds[i] == "sliding_attention":
-                layers.append(DynamicSlidingWindowLayer(sliding_window=config.teacher_config.sliding_window))
-            else:
-                layers.append(DynamicLayer())
-        Cache.__init__(self, layers=layers)
+        Cache.__init__(self, layers=cache_layers(config))

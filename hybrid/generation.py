@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers.cache_utils import Cache, StaticLayer, StaticSlidingWindowLayer
+from transformers.cache_utils import Cache
 
-from .cache import teacher_attention_kinds
+from .cache import cache_layers
 
 
 @dataclass
@@ -49,22 +49,7 @@ class SamplingParams:
 
 def static_cache(model, max_len: int) -> Cache:
     """A preallocated cache for `model` (hybrid or plain transformers causal LM), max_len tokens per row."""
-    from transformers.cache_utils import LinearAttentionLayer
-    config = model.config
-    if getattr(config, "model_type", None) == "hybrid":
-        types, teacher = config.layer_types, config.teacher_config
-    else:
-        types, teacher = ["attention"] * config.num_hidden_layers, config
-    kinds = teacher_attention_kinds(teacher)
-    layers = []
-    for i, kind in enumerate(types):
-        if kind != "attention":
-            layers.append(LinearAttentionLayer())
-        elif kinds[i] == "sliding_attention":
-            layers.append(StaticSlidingWindowLayer(max_cache_len=max_len, sliding_window=teacher.sliding_window))
-        else:
-            layers.append(StaticLayer(max_cache_len=max_len))
-    return Cache(layers=layers)
+    return Cache(layers=cache_layers(model.config, max_len))
 
 
 def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:

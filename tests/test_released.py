@@ -15,10 +15,7 @@ from hybrid.released import load_released
 
 def _published(model, variant: str) -> dict[str, torch.Tensor]:
     """Our hybrid's weights renamed into the published layout of `variant`."""
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
-    out = {}
-    for k, v in sd.items():
-        out[k] = v
+    out = {k: v.clone() for k, v in model.state_dict().items()}
     if variant == "mamba1-fused":
         for i in model.config.mixer_layers:
             p = f"model.layers.{i}.mamba."

@@ -46,7 +46,7 @@ def test_mamba1_weights_come_from_attention():
     assert torch.equal(mix.A_log[3], torch.log(torch.arange(1.0, 17.0)))
 
 
-def _as_linear_attention(mixer, conv_channels):
+def _as_linear_attention(mixer):
     """Conv -> identity, A -> 0 (no decay), dt -> 1, D -> 0."""
     with torch.no_grad():
         K = mixer.conv1d.weight.shape[-1]
@@ -62,7 +62,7 @@ def test_mamba2_equals_causal_linear_attention_from_teacher_projections():
     teacher = tiny_teacher("llama", num_layers=2)
     hybrid = hybridize(teacher, [1], mixer="mamba2")
     attn, mix = teacher.model.layers[0].self_attn, hybrid.model.layers[0].mamba
-    _as_linear_attention(mix, None)
+    _as_linear_attention(mix)
     with torch.no_grad():
         mix.in_proj.weight[-mix.nheads:].zero_()  # dt rows: dt = softplus(0 + dt_bias) = 1
         mix.dt_bias.fill_(float(inverse_softplus(torch.tensor(1.0))))
@@ -84,7 +84,7 @@ def test_mamba1_equals_chunked_linear_attention_from_teacher_projections():
     teacher = tiny_teacher("llama", num_layers=2)
     hybrid = hybridize(teacher, [1], mixer="mamba")
     attn, mix = teacher.model.layers[0].self_attn, hybrid.model.layers[0].mamba
-    _as_linear_attention(mix, None)
+    _as_linear_attention(mix)
     with torch.no_grad():
         mix.dt_proj.weight.zero_()
         mix.dt_proj.bias.fill_(float(inverse_softplus(torch.tensor(1.0))))
