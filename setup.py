@@ -28,6 +28,7 @@ setup(
     extras_require={
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4", "flash-attn>=2.6"],
         "dev": ["pytest>=8", "matplotlib", "nbclient", "nbformat", "ipykernel"],
+        "eval": ["lm_eval>=0.4.5"],
     },
     entry_points={"console_scripts": ["hybrid-distill=distill.cli:main"]},
 )

@@ -42,24 +42,43 @@ def cmd_convert(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    import sys
+
     import torch
-    from transformers import TextStreamer
 
     from hybrid import load_pretrained
+    from hybrid.generation import SamplingParams, generate
 
     model, tok = load_pretrained(args.model, dtype=args.dtype)
     if tok is None:
         raise SystemExit(f"{args.model} has no tokenizer to encode the prompt with")
     if tok.chat_template and not args.raw:
-        enc = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)
+        ids = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
+                                      return_dict=True)["input_ids"]
     else:
-        enc = tok(args.prompt, return_tensors="pt")
+        ids = tok(args.prompt)["input_ids"]
     torch.manual_seed(args.seed)
-    sampling = dict(do_sample=True, temperature=args.temperature, top_p=args.top_p) if args.temperature > 0 else \
-        dict(do_sample=False)
-    model.generate(**enc, max_new_tokens=args.max_new_tokens, streamer=TextStreamer(tok, skip_prompt=True),
-                   pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, **sampling)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_p=args.top_p if args.temperature > 0 else 1.0, seed=args.seed)
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
+        else tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
+    tokens: list[int] = []
+    shown = ""
+
+    def stream(step, active):  # decode the whole text so far: multi-token characters print once complete
+        nonlocal shown
+        if not active[0]:
+            return
+        tokens.append(step[0])
+        text = tok.decode(tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+
+    generate(model, [ids], params, eos_token_id=eos, pad_token_id=pad, on_step=stream)
+    sys.stdout.write("\n")
     return 0
 
 
@@ -184,6 +203,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_lm_eval(args) -> int:
+    from .bench import load_spec
+    from .lm_eval_bridge import run_lm_eval, save_results
+
+    model, tok, label = load_spec(args.model, need_tokenizer=True)
+    results = run_lm_eval(model, tok, [t for t in args.tasks.split(",") if t], include_path=args.include_path,
+                          limit=args.limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                          apply_chat_template=args.chat, seed=args.seed)
+    for task, metrics in results.items():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"{task}: {shown}")
+    print(f"-> {save_results(results, args.out, label)}")
+    return 0
+
+
 def cmd_import(args) -> int:
     from hybrid.checkpoints import _tokenizer_or_none
     from hybrid.released import load_released
@@ -302,6 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default="runs/eval")
     e.set_defaults(func=cmd_eval)
+
+    le = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks on a model (optional extra: eval)")
+    le.add_argument("--model", required=True, help="model spec (hybrid dir, HF dir / id, .gguf, smollm2-135m)")
+    le.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    le.add_argument("--include-path", default=None, help="folder with extra task YAMLs (local data)")
+    le.add_argument("--limit", type=float, default=None, help="examples per task (or fraction if < 1)")
+    le.add_argument("--num-fewshot", type=int, default=None)
+    le.add_argument("--batch-size", type=int, default=8)
+    le.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
+    le.add_argument("--seed", type=int, default=0)
+    le.add_argument("--out", default="runs/lm-eval")
+    le.set_defaults(func=cmd_lm_eval)
 
     im = sub.add_parser("import", help="MambaInLlama / M1 checkpoint -> this project's self-describing format")
     im.add_argument("--from", dest="src", required=True)

@@ -81,10 +81,12 @@ class GenerationOutput:
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], params: SamplingParams | None = None, eos_token_id=None,
-             pad_token_id: int = 0, tokenizer=None, timer=None) -> GenerationOutput:
+             pad_token_id: int = 0, tokenizer=None, timer=None, on_step=None) -> GenerationOutput:
     """Generate for a batch of token-id prompts. eos_token_id: an id or list of ids (default: the model's).
 
     timer: optional callable returning seconds (e.g. a synchronizing clock) for prefill / decode timing.
+    on_step: optional callable(tokens [b] list[int], active [b] list[bool]) called after every sampled token
+    (streaming); `active[i]` is False for rows that had already stopped before this step.
     """
     import time
     params = params or SamplingParams()
@@ -135,6 +137,8 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
                     text = tokenizer.decode(out[i, max(0, t - 16):t + 1])
                     done[i] = any(s in text for s in params.stop_strings)
         lengths = torch.where(done & ~was_done, torch.full_like(lengths, t + 1), lengths)
+        if on_step is not None:
+            on_step(nxt.tolist(), (~was_done).tolist())
         if bool(done.all()) or t == params.max_new_tokens - 1:
             break
         mask[:, L + t] = 1

@@ -160,3 +160,24 @@ def test_hybrid_generate_routes_plain_calls_to_the_engine_with_hf_results():
     model.forward = counting
     model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert calls["n"] == 5  # one prefill, then one forward per new token: the prefix is never recomputed
+
+
+def test_cli_generate_streams_the_engines_greedy_text(tmp_path, capsys):
+    from distill.cli import main
+    tok = tiny_tokenizer()
+    model = hybridize(tiny_teacher("llama"), [1, 3], chunk_size=16)
+    model.generation_config.eos_token_id = None  # the CLI falls back to the tokenizer's EOS
+    model.save_pretrained(tmp_path / "h")
+    tok.save_pretrained(tmp_path / "h")
+    assert main(["generate", "--model", str(tmp_path / "h"), "--prompt", "hi", "--max-new-tokens", "15"]) == 0
+    printed = capsys.readouterr().out
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                  return_dict=True)["input_ids"]
+    ref = GenerationMixin.generate(model, torch.tensor([ids]), max_new_tokens=15, do_sample=False, pad_token_id=0,
+                                   eos_token_id=tok.eos_token_id)
+    expected = tok.decode(ref[0, len(ids):], skip_special_tokens=True)
+    assert printed == expected + "\n"
+    seen = []
+    generate(model, [ids], SamplingParams(max_new_tokens=15), eos_token_id=tok.eos_token_id,
+             on_step=lambda t, a: seen.append(t))
+    assert seen == [[x] for x in ref[0, len(ids):].tolist()][:len(seen)] and seen[-1] == [tok.eos_token_id]
