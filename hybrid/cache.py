@@ -7,7 +7,43 @@ Only the mapping from our `layer_types` to those classes lives here: no parallel
 from __future__ import annotations
 
 from transformers.cache_utils import (Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer,
-                                     LinearAttentionLayer, StaticLayer, StaticSlidingWindowLayer)
+                                     LinearAttentionLayer, StaticSlidingWindowLayer)
+
+
+class PreallocatedLayer(DynamicLayer):
+    """Full-attention KV preallocated for max_cache_len tokens, written in place, read as the filled prefix.
+
+    transformers' StaticLayer returns (and masks) all max_cache_len positions at every step, so a short
+    generation in a long buffer pays for the whole buffer; DynamicLayer attends only to what is filled but
+    concatenates (copies) its whole KV every step. This layer does neither: new tokens are copied into the
+    buffer, and attention sees the view of the first `length` positions.
+    """
+
+    def __init__(self, max_cache_len: int):
+        super().__init__()
+        self.max_cache_len = max_cache_len
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.device = key_states.device
+        b, h = key_states.shape[:2]
+        self._k = key_states.new_zeros((b, h, self.max_cache_len, key_states.shape[-1]))
+        self._v = value_states.new_zeros((b, h, self.max_cache_len, value_states.shape[-1]))
+        self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, n = self.keys.shape[-2], key_states.shape[-2]
+        if start + n > self.max_cache_len:
+            raise ValueError(f"cache of {self.max_cache_len} tokens cannot take {n} more after {start}")
+        self._k[:, :, start:start + n] = key_states
+        self._v[:, :, start:start + n] = value_states
+        self.keys, self.values = self._k[:, :, :start + n], self._v[:, :, :start + n]
+        return self.keys, self.values
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
 
 
 def teacher_attention_kinds(teacher_config) -> list[str]:
@@ -40,7 +76,7 @@ def cache_layers(config, max_len: int | None = None) -> list:
             layers.append(DynamicSlidingWindowLayer(sliding_window=teacher.sliding_window) if max_len is None else
                           StaticSlidingWindowLayer(max_cache_len=max_len, sliding_window=teacher.sliding_window))
         else:
-            layers.append(DynamicLayer() if max_len is None else StaticLayer(max_cache_len=max_len))
+            layers.append(DynamicLayer() if max_len is None else PreallocatedLayer(max_len))
     return layers
 
 
