@@ -270,8 +270,23 @@ def _time(fn, reps: int) -> float:
     return best
 
 
-def run_ops(batches=(1, 16, 64), reps: int = 20, out_dir: str | None = None) -> list[dict]:
-    """The fused Mamba2 decode step (csrc) against its PyTorch composition, at real mixer shapes."""
+def _compare(rows, op, shape, batch, ref, fast, reps, atol=1e-4, **extra):
+    """Gate (fast == ref on the same inputs), then best-of-reps timings of both; appends and prints the row."""
+    a, b = ref(), fast()
+    a, b = (a[0], b[0]) if isinstance(a, (tuple, list)) else (a, b)
+    ok = torch.allclose(a.float(), b.float(), atol=atol, rtol=1e-4)
+    row = {"op": op, "shape": shape, "batch": batch, **extra, "gate": "pass" if ok else "FAIL"}
+    if ok:
+        t_ref, t_fast = _time(ref, reps), _time(fast, reps)
+        row.update({"torch_us": 1e6 * t_ref, "csrc_us": 1e6 * t_fast, "speedup": t_ref / t_fast})
+    rows.append(row)
+    print(json.dumps(row))
+
+
+def run_ops(batches=(1, 16, 64), reps: int = 20, out_dir: str | None = None, scan_len: int = 2048,
+            scan_batches=(1, 4)) -> list[dict]:
+    """The project's kernels (csrc) against their PyTorch twins at real mixer shapes: the fused Mamba2 and Mamba1
+    decode steps at `batches`, and the prefill ops (Mamba2 scan, causal conv1d) at T = scan_len, `scan_batches`."""
     from hybrid.ops import csrc
     from hybrid.ops.backends import active_backend
     ext = csrc.extension()
@@ -281,13 +296,14 @@ def run_ops(batches=(1, 16, 64), reps: int = 20, out_dir: str | None = None) -> 
         return []
     import torch.nn.functional as F
 
-    from hybrid.ops.conv1d import causal_conv1d_update
-    from hybrid.ops.ssd import ssd_step
+    from hybrid.ops.conv1d import causal_conv1d, causal_conv1d_update
+    from hybrid.ops.selective_scan import selective_state_step
+    from hybrid.ops.ssd import ssd_chunked, ssd_step
     rows = []
     for name, (H, kv, P) in OP_SHAPES.items():
+        K, d_xb = 4, kv * P
+        C = 2 * d_xb + H * P
         for b in batches:
-            K, d_xb = 4, kv * P
-            C = 2 * d_xb + H * P
             g = torch.Generator().manual_seed(0)
             xBC, w, bias = torch.randn(b, C, generator=g), torch.randn(C, K, generator=g), torch.randn(C, generator=g)
             dt, dt_bias, A, D = torch.randn(b, H, generator=g), torch.randn(H, generator=g), -torch.rand(H), torch.randn(H)
@@ -305,14 +321,37 @@ def run_ops(batches=(1, 16, 64), reps: int = 20, out_dir: str | None = None) -> 
             def fused(conv=conv0.clone(), ssm=ssm0.clone()):
                 return ext.mamba2_step_cpu(xBC, conv, w, bias, dt, dt_bias, A, D, ssm, kv, d_xb)
 
-            ok = torch.allclose(ref(conv0.clone(), ssm0.clone()), fused(conv0.clone(), ssm0.clone()), atol=1e-4,
-                                rtol=1e-4)
-            row = {"op": "mamba2_decode_step", "shape": name, "batch": b, "gate": "pass" if ok else "FAIL"}
-            if ok:
-                t_ref, t_fused = _time(ref, reps), _time(fused, reps)
-                row.update({"torch_us": 1e6 * t_ref, "csrc_us": 1e6 * t_fused, "speedup": t_ref / t_fused})
-            rows.append(row)
-            print(json.dumps(row))
+            _compare(rows, "mamba2_decode_step", name, b, ref, fused, reps)
+            # Mamba1 (MambaInLlama layout): d_inner = H * P channels, d_state 16, B grouped per kv head
+            Di, N = H * P, 16
+            x1, delta = torch.randn(b, Di, generator=g), torch.rand(b, Di, generator=g) * 0.1
+            A1, D1 = -torch.rand(Di, N, generator=g), torch.randn(Di, generator=g)
+            B1, C1 = torch.randn(b, Di // N // (H // kv), N, generator=g), torch.randn(b, Di // N, N, generator=g)
+            w1, b1 = torch.randn(Di, K, generator=g), torch.randn(Di, generator=g)
+            c1, h1 = torch.randn(b, Di, K, generator=g), torch.randn(b, Di, N, generator=g)
+
+            def ref1(conv=c1.clone(), h=h1.clone()):
+                u = causal_conv1d_update(x1, conv, w1, b1, "silu")
+                y, new = selective_state_step(h, u, delta, A1, B1, C1, D1)
+                h.copy_(new)
+                return y
+
+            def fused1(conv=c1.clone(), h=h1.clone()):
+                return ext.mamba1_step_cpu(x1, conv, w1, b1, delta, A1, B1, C1, D1, h)[0]
+
+            _compare(rows, "mamba1_decode_step", name, b, ref1, fused1, reps)
+        for b in scan_batches:
+            g = torch.Generator().manual_seed(1)
+            T = scan_len
+            x = torch.randn(b, T, H, P, generator=g)
+            dts = torch.rand(b, T, H, generator=g) * 0.1
+            Bs, Cs = torch.randn(b, T, kv, P, generator=g), torch.randn(b, T, kv, P, generator=g)
+            A, D = -torch.rand(H, generator=g), torch.randn(H, generator=g)
+            _compare(rows, "ssd_scan_prefill", name, b, lambda: ssd_chunked(x, dts, A, Bs, Cs, D, 128),
+                     lambda: ext.ssd_scan_cpu(x, dts, A, Bs, Cs, D, None, None), max(2, reps // 5), atol=1e-3, T=T)
+            xc, wc, bc = torch.randn(b, T, C, generator=g), torch.randn(C, K, generator=g), torch.randn(C, generator=g)
+            _compare(rows, "conv1d_prefill", name, b, lambda: causal_conv1d(xc, wc, bc, activation="silu"),
+                     lambda: ext.causal_conv1d_cpu(xc, wc, bc, None, None, True), max(2, reps // 5), T=T)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "ops.json"), "w") as f:

@@ -244,7 +244,7 @@ def cmd_export(args) -> int:
 def cmd_bench_ops(args) -> int:
     from .bench import run_ops
 
-    run_ops(args.batch, args.reps, args.out)
+    run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch)
     return 0
 
 
@@ -364,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     bo = bsub.add_parser("ops", help="the project's kernels against their PyTorch twins, at real mixer shapes")
     bo.add_argument("--batch", nargs="+", type=int, default=[1, 16, 64])
     bo.add_argument("--reps", type=int, default=20)
+    bo.add_argument("--scan-len", type=int, default=2048, help="sequence length of the prefill ops")
+    bo.add_argument("--scan-batch", nargs="+", type=int, default=[1, 4], help="batches of the prefill ops")
     bo.add_argument("--out", default=None)
     bo.set_defaults(func=cmd_bench_ops)
 

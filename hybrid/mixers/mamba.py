@@ -19,7 +19,7 @@ from torch import nn
 from transformers import initialization as init
 
 from ..ops import backends
-from .common import cached_states, init_dt_bias, init_linear_and_conv, run_conv
+from .common import cached_states, init_dt_bias, init_linear_and_conv, mask_padding, run_conv
 
 
 class MambaMixer(nn.Module):
@@ -63,18 +63,26 @@ class MambaMixer(nn.Module):
         b, T, _ = hidden_states.shape
         conv_state, ssm_state = cached_states(cache, self.layer_idx)
         x = rearrange(self.repeat_kv(self.in_proj_x(hidden_states)), "b t g n -> b t (g n)")
-        u = run_conv(self.conv1d, x, cache, self.layer_idx, conv_state, pad_mask, seq_idx)
         z = self.in_proj_z(hidden_states)
-        B = self.repeat_kv(self.B_proj(hidden_states))  # [b, T, d_inner / N, N]
-        C = rearrange(self.C_proj(hidden_states), "b t (g n) -> b t g n", n=self.d_state)
         delta = F.softplus(self.dt_proj(self.dt_proj_down(hidden_states)).float())  # [b, T, d_inner]
         A = -torch.exp(self.A_log.float())
-        if ssm_state is not None and T == 1:
-            y, final = backends.selective_update(ssm_state, u[:, 0], delta[:, 0], A, B[:, 0], C[:, 0], self.D)
-            y = y[:, None]
-        else:
-            y, final = backends.scan_mamba1(u, delta, A, B, C, self.D, ssm_state, seq_idx)
-        if cache is not None:
-            cache.update_recurrent_state(final, self.layer_idx)
+        y = None
+        if ssm_state is not None and T == 1:  # decode: one fused kernel when available (B read per group in place)
+            Bg = rearrange(self.B_proj(hidden_states[:, 0]), "b (g n) -> b g n", n=self.d_state)
+            Cg = rearrange(self.C_proj(hidden_states[:, 0]), "b (g n) -> b g n", n=self.d_state)
+            y = backends.fused_mamba1_step(mask_padding(x, pad_mask)[:, 0], conv_state, self.conv1d.weight[:, 0],
+                                           self.conv1d.bias, delta[:, 0], A, Bg, Cg, self.D, ssm_state)
+            y = y[:, None] if y is not None else None
+        if y is None:
+            u = run_conv(self.conv1d, x, cache, self.layer_idx, conv_state, pad_mask, seq_idx)
+            B = self.repeat_kv(self.B_proj(hidden_states))  # [b, T, d_inner / N, N]
+            C = rearrange(self.C_proj(hidden_states), "b t (g n) -> b t g n", n=self.d_state)
+            if ssm_state is not None and T == 1:
+                y, final = backends.selective_update(ssm_state, u[:, 0], delta[:, 0], A, B[:, 0], C[:, 0], self.D)
+                y = y[:, None]
+            else:
+                y, final = backends.scan_mamba1(u, delta, A, B, C, self.D, ssm_state, seq_idx)
+            if cache is not None:
+                cache.update_recurrent_state(final, self.layer_idx)
         out = self.out_proj((y.float() * F.silu(z.float())).to(hidden_states.dtype))
         return (out, y) if return_ssm_output else out

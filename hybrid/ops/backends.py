@@ -1,8 +1,10 @@
-"""Which implementation runs each op: mamba_ssm / causal_conv1d on CUDA when installed, else PyTorch.
+"""Which implementation runs each op.
 
-One guarded import per kernel package, one flag, one warning when a CUDA tensor falls back, and one override:
-`HYBRID_KERNELS=torch` forces the PyTorch path everywhere. The fast and reference forwards share a signature
-(see ssd.py, selective_scan.py, conv1d.py), so callers never branch on the backend.
+Order: mamba_ssm / causal_conv1d (installed, CUDA tensors) > the project's csrc kernels (hybrid._C, CPU and CUDA;
+forward only, so they run when no gradient is needed) > the PyTorch reference path, which always works and is
+the only differentiable one. `HYBRID_KERNELS=torch|csrc|mamba_ssm` forces one; the choice is logged once and
+reported by `active_backend` (benchmarks print it). The fast and reference forwards share a signature (see
+ssd.py, selective_scan.py, conv1d.py), so callers never branch on the backend.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ except Exception:  # noqa: BLE001
 
 _VALID = ("auto", "torch", "csrc", "mamba_ssm")
 _warned: set[str] = set()
+_logged: set[str] = set()
 
 
 def kernel_choice() -> str:
@@ -56,13 +59,31 @@ def _use(kernel, name: str, tensor: torch.Tensor) -> bool:
 
 
 def active_backend(device: torch.device | str = "cpu") -> str:
-    """Name of the backend the mixers use on `device` (for logs and benchmark output)."""
+    """Name of the backend the mixers use on `device` for inference (for logs and benchmark output)."""
     choice = kernel_choice()
     if choice == "torch":
         return "torch"
-    if torch.device(device).type == "cuda":
-        return "mamba_ssm" if _mamba_chunk_scan is not None and choice != "csrc" else "torch"
-    return "csrc (decode step) + torch" if csrc_available() else "torch"
+    if torch.device(device).type == "cuda" and _mamba_chunk_scan is not None and choice != "csrc":
+        return "mamba_ssm"
+    return "csrc" if csrc_available() else "torch"
+
+
+def _no_grad_needed(*tensors) -> bool:
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+
+
+def _csrc_fn(name: str, tensor: torch.Tensor, *others):
+    """The csrc kernel `name`_{cpu,cuda} for tensor's device when csrc is selected, built and no grad is needed."""
+    if tensor.device.type not in ("cpu", "cuda") or not _no_grad_needed(tensor, *others):
+        return None
+    if kernel_choice() == "mamba_ssm" or not csrc_available():
+        return None
+    from . import csrc
+    fn = getattr(csrc.extension(), f"{name}_{tensor.device.type}", None)
+    if fn is not None and name not in _logged:
+        _logged.add(name)
+        logger.info("%s: csrc kernel (%s)", name, tensor.device.type)
+    return fn
 
 
 def csrc_available() -> bool:
@@ -94,6 +115,24 @@ def fused_mamba2_step(xBC, conv_state, conv_w, conv_b, dt, dt_bias, A, D, ssm_st
               n_kv, d_xb)
 
 
+def fused_mamba1_step(x, conv_state, conv_w, conv_b, delta, A, B, C, D, ssm_state):
+    """The fused Mamba1 decode step (csrc/*/mamba1_step.*) when it applies, else None.
+
+    x [b, Di] pre-conv; conv_state [b, Di, K] and ssm_state [b, Di, N] (fp32) advance in place; B [b, GB, N] and
+    C [b, GC, N] are read per channel group in place. Returns y [b, Di] (before the gate).
+    On a CPU the torch composition is faster from batch 16 on (bench ops: the kernel's per-channel N-wide loop
+    does not keep up with torch's whole-tensor vector ops), so there "auto" keeps torch and only
+    HYBRID_KERNELS=csrc selects the kernel.
+    """
+    if x.device.type == "cpu" and kernel_choice() != "csrc":
+        return None
+    fn = _csrc_fn("mamba1_step", x, conv_w, delta, A, B, C, D)
+    if fn is None or not conv_state.is_contiguous() or ssm_state.dtype != torch.float32:
+        return None
+    return fn(x.contiguous(), conv_state, conv_w.contiguous(), conv_b, delta, A, B.contiguous(), C.contiguous(), D,
+              ssm_state)[0]
+
+
 def ssd_scan(x, dt, A, B, C, D=None, chunk_size=128, initial_state=None, seq_idx=None):
     """Mamba2 scan; see ssd.ssd_chunked for shapes. Returns (y, final_state fp32)."""
     if _use(_mamba_chunk_scan, "mamba_ssm.mamba_chunk_scan_combined", x):
@@ -102,6 +141,10 @@ def ssd_scan(x, dt, A, B, C, D=None, chunk_size=128, initial_state=None, seq_idx
             seq_idx=None if seq_idx is None else seq_idx.to(torch.int32), return_final_states=True,
         )
         return y, final.float()
+    fn = _csrc_fn("ssd_scan", x, dt, A, B, C, D, initial_state)
+    if fn is not None:
+        y, final = fn(x.contiguous(), dt, A, B.contiguous(), C.contiguous(), D, initial_state, seq_idx)
+        return y, final
     return ssd_chunked(x, dt, A, B, C, D, chunk_size, initial_state, seq_idx)
 
 
@@ -125,6 +168,9 @@ def conv1d(x, weight, bias=None, initial_state=None, seq_idx=None, activation=No
             seq_idx=None if seq_idx is None else seq_idx.to(torch.int32), activation=activation,
         )
         return rearrange(y, "b c t -> b t c")
+    fn = _csrc_fn("causal_conv1d", x, weight, bias, initial_state) if activation in (None, "silu") else None
+    if fn is not None:
+        return fn(x.contiguous(), weight, bias, initial_state, seq_idx, activation == "silu")
     return causal_conv1d(x, weight, bias, initial_state, seq_idx, activation)
 
 

@@ -11,8 +11,9 @@ import os
 logger = logging.getLogger(__name__)
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
-SOURCES = ["binding.cpp", "cpu/mamba2_step.cpp"]
-CUDA_SOURCES = ["cuda/mamba2_step.cu", "cuda/mamba2_step_torch.cpp"]  # only when torch has CUDA
+SOURCES = ["binding.cpp", "cpu/mamba2_step.cpp", "cpu/ssd_scan.cpp", "cpu/conv1d.cpp", "cpu/mamba1_step.cpp"]
+CUDA_SOURCES = ["cuda/mamba2_step.cu", "cuda/mamba2_step_torch.cpp", "cuda/ssd_scan.cu", "cuda/conv1d.cu",
+                "cuda/mamba1_step.cu", "cuda/scan_ops_torch.cpp"]  # only when torch has CUDA
 _state: dict = {}
 
 
@@ -28,9 +29,9 @@ def extension():
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             raise FileNotFoundError(f"kernel sources not found: {missing}")
-        flags = ["-O3", "-march=native", "-fopenmp-simd"] + (["-DWITH_CUDA"] if cuda else [])
+        flags = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"] + (["-DWITH_CUDA"] if cuda else [])
         module = load(name="hybrid_C_cuda" if cuda else "hybrid_C", sources=paths, extra_cflags=flags,
-                      extra_cuda_cflags=["-O3"], verbose=False)
+                      extra_cuda_cflags=["-O3"], extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # noqa: BLE001 - any build failure means: use the PyTorch path
         logger.warning("hybrid._C (csrc/) could not be built (%s); using the PyTorch path", err)
     _state["module"] = module
