@@ -156,18 +156,15 @@ class HybridConfig(PretrainedConfig):
     def mixer_layers(self) -> list[int]:
         return [i for i, kind in enumerate(self.layer_types) if kind != "attention"]
 
-    # Token ids live with the teacher; generation reads them from the top-level config.
-    @property
-    def eos_token_id(self):
-        return getattr(self.teacher_config, "eos_token_id", None)
+    # Token ids live with the teacher; generation reads them from the top-level config, trainers (TRL) set them.
+    def _token(name):  # noqa: N805 - a property factory evaluated in the class body
+        return property(lambda self: getattr(self.teacher_config, name, None),
+                        lambda self, value: setattr(self.teacher_config, name, value))
 
-    @property
-    def bos_token_id(self):
-        return getattr(self.teacher_config, "bos_token_id", None)
-
-    @property
-    def pad_token_id(self):
-        return getattr(self.teacher_config, "pad_token_id", None)
+    eos_token_id = _token("eos_token_id")
+    bos_token_id = _token("bos_token_id")
+    pad_token_id = _token("pad_token_id")
+    del _token
 
 
 def layer_types_from_attention(num_layers: int, attn_layers, mixer: str = "mamba2") -> list[str]:

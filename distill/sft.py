@@ -1,0 +1,163 @@
+"""Supervised fine-tuning on chat-format reasoning traces, through TRL's SFTTrainer, for hybrids and plain models.
+
+- Rows are prompt/completion conversations; the loss is on the completion (assistant) tokens only
+  (`completion_only_loss`): prompt and padding tokens get label -100.
+- `packing=True` packs rows padding-free (one row, `position_ids` restarting at every example). The hybrid turns
+  those restarts into document boundaries for its mixers (state reset, conv taps masked) and attention masks them
+  block-diagonally, so no example sees another (tested: packed loss == separate loss).
+- Optional distillation-SFT (M1): `kl_weight > 0` with a `teacher` adds the reverse KL(student || teacher) on the
+  label tokens to the NLL.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from trl import SFTConfig, SFTTrainer
+
+
+@dataclass
+class SFTArgs:
+    model: str = "smollm2-135m"  # any load_pretrained spec
+    data: str = "synthetic:train"  # a tasks spec (distill.tasks.load_tasks) or a .jsonl of chat rows
+    n: int | None = 512  # rows drawn from a tasks spec
+    out: str = "runs/sft"
+    max_steps: int = 100
+    lr: float = 1e-4
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    packing: bool = True
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    teacher: str | None = None  # distillation-SFT
+    kl_weight: float = 0.0
+    logging_steps: int = 5
+    save_steps: int = 50
+    seed: int = 0
+    extra: dict = field(default_factory=dict)  # more SFTConfig fields
+
+    def __post_init__(self):
+        if self.kl_weight < 0:
+            raise ValueError(f"kl_weight={self.kl_weight} must be >= 0")
+        if self.kl_weight > 0 and not self.teacher:
+            raise ValueError("kl_weight > 0 needs a teacher")
+        for k in ("max_steps", "batch_size", "grad_accum", "max_length"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}={getattr(self, k)} must be >= 1")
+
+
+def rows_from(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
+    """Prompt/completion conversations from a tasks spec (gold <think> solutions) or a jsonl file.
+
+    jsonl rows may hold `prompt` + `completion` (strings or message lists), or `messages` (the last assistant
+    message is the completion), or `problem`/`question` + `solution`.
+    """
+    from .tasks import load_tasks, prompt_of
+    if not os.path.isfile(data) or not data.endswith(".jsonl"):
+        return [{"prompt": [{"role": "user", "content": prompt_of(p)}],
+                 "completion": [{"role": "assistant", "content": p.solution or f"\\boxed{{{p.answer}}}"}],
+                 "answer": p.answer} for p in load_tasks(data, n=n, seed=seed)]
+    rows = []
+    with open(data) as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if "messages" in r:
+                msgs = r["messages"]
+                last = max((j for j, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
+                if last is None:
+                    raise ValueError(f"{data} row {i}: 'messages' has no assistant message")
+                rows.append({"prompt": msgs[:last], "completion": [msgs[last]]})
+            elif "prompt" in r and "completion" in r:
+                wrap = lambda v, role: v if isinstance(v, list) else [{"role": role, "content": v}]  # noqa: E731
+                rows.append({"prompt": wrap(r["prompt"], "user"), "completion": wrap(r["completion"], "assistant")})
+            elif ("problem" in r or "question" in r) and "solution" in r:
+                rows.append({"prompt": [{"role": "user", "content": r.get("problem") or r["question"]}],
+                             "completion": [{"role": "assistant", "content": r["solution"]}]})
+            else:
+                raise ValueError(f"{data} row {i}: needs 'messages', 'prompt'+'completion' or 'problem'+'solution'; "
+                                 f"has {sorted(r)}")
+    return rows[:n] if n is not None else rows
+
+
+def reverse_kl(student_logits, teacher_logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over label tokens of KL(student || teacher) at the positions predicting them, and the token count."""
+    mask = labels[:, 1:] != -100
+    s = student_logits[:, :-1][mask].float().log_softmax(-1)
+    t = teacher_logits[:, :-1][mask].float().log_softmax(-1)
+    return (s.exp() * (s - t)).sum(), mask.sum()
+
+
+class HybridSFTTrainer(SFTTrainer):
+    """SFTTrainer plus an optional reverse-KL-to-teacher term on the label tokens."""
+
+    def __init__(self, *args, teacher=None, kl_weight: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.kl_weight = teacher, kl_weight
+        if teacher is not None:
+            teacher.requires_grad_(False).eval()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.teacher is None or self.kl_weight == 0:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        fwd = {k: v for k, v in inputs.items() if k != "labels"}
+        fwd["use_cache"] = False
+        logits = model(**fwd).logits
+        with torch.no_grad():
+            t_logits = self.teacher(**fwd).logits
+        mask = labels[:, 1:] != -100
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1][mask].float(), labels[:, 1:][mask], reduction="sum")
+        rkl, count = reverse_kl(logits, t_logits, labels)
+        denom = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+        loss = (nll + self.kl_weight * rkl) / torch.as_tensor(denom, device=nll.device).clamp(min=1)
+        mode = "train" if model.training else "eval"
+        self._metrics[mode]["reverse_kl"].append((rkl / count.clamp(min=1)).item())
+        return (loss, None) if return_outputs else loss
+
+
+def sft_config(args: SFTArgs) -> SFTConfig:
+    return SFTConfig(
+        output_dir=args.out, max_steps=args.max_steps, learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+        max_length=args.max_length, packing=args.packing, padding_free=args.packing, completion_only_loss=True,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, logging_steps=args.logging_steps,
+        save_steps=args.save_steps, save_total_limit=2, report_to=[], seed=args.seed,
+        use_cpu=not torch.cuda.is_available(), dataset_num_proc=None, **args.extra,
+    )
+
+
+def make_trainer(model, tokenizer, rows: list[dict], args: SFTArgs, teacher=None) -> HybridSFTTrainer:
+    from datasets import Dataset
+    if not rows:
+        raise ValueError("SFT needs at least one row")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    return HybridSFTTrainer(model=model, args=sft_config(args), train_dataset=ds, processing_class=tokenizer,
+                            teacher=teacher, kl_weight=args.kl_weight)
+
+
+def run_sft(args: SFTArgs, resume: bool = False) -> str:
+    """Train, save the final model (+ tokenizer) to `args.out`/final, return that path. Resumable from the last
+    checkpoint in `args.out` (Trainer checkpoints every save_steps)."""
+    from hybrid import load_pretrained
+    model, tok = load_pretrained(args.model)
+    if tok is None:
+        raise ValueError(f"{args.model} has no tokenizer")
+    teacher = load_pretrained(args.teacher)[0] if args.teacher else None
+    rows = rows_from(args.data, args.n, args.seed)
+    trainer = make_trainer(model, tok, rows, args, teacher)
+    has_ckpt = resume and any(d.startswith("checkpoint-") for d in os.listdir(args.out)) if os.path.isdir(args.out) \
+        else False
+    trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+    final = os.path.join(args.out, "final")
+    trainer.save_model(final)
+    tok.save_pretrained(final)
+    with open(os.path.join(args.out, "sft_args.json"), "w") as f:
+        json.dump(asdict(args), f, indent=1)
+    return final
