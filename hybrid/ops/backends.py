@@ -106,6 +106,8 @@ def fused_mamba2_step(xBC, conv_state, conv_w, conv_b, dt, dt_bias, A, D, ssm_st
     """
     if xBC.device.type not in ("cpu", "cuda") or not csrc_available():
         return None
+    if not (xBC.dtype == conv_state.dtype == conv_w.dtype == dt.dtype):  # e.g. under autocast: the torch path
+        return None
     from . import csrc
     ext = csrc.extension()
     fn = ext.mamba2_step_cpu if xBC.device.type == "cpu" else getattr(ext, "mamba2_step_cuda", None)
@@ -128,6 +130,8 @@ def fused_mamba1_step(x, conv_state, conv_w, conv_b, delta, A, B, C, D, ssm_stat
         return None
     fn = _csrc_fn("mamba1_step", x, conv_w, delta, A, B, C, D)
     if fn is None or not conv_state.is_contiguous() or ssm_state.dtype != torch.float32:
+        return None
+    if not (x.dtype == conv_state.dtype == conv_w.dtype == B.dtype == C.dtype):
         return None
     return fn(x.contiguous(), conv_state, conv_w.contiguous(), conv_b, delta, A, B.contiguous(), C.contiguous(), D,
               ssm_state)[0]

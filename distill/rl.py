@@ -1,0 +1,110 @@
+"""GRPO with verifiable rewards through TRL's GRPOTrainer, on a hybrid or a plain model.
+
+- Rewards come from the registry in distill/rewards.py (correctness, format, length_penalty[:N]) and read the
+  dataset's `answer` column; rows come from a tasks spec (distill.tasks) as chat prompts.
+- Advantages are group-normalized (TRL: reward minus the group mean, over the group std); the ratio is clipped to
+  [1 - epsilon, 1 + epsilon_high] (clip-higher when epsilon_high > epsilon); loss variants grpo, dr_grpo, dapo;
+  KL coefficient beta (default 0, as M1).
+- Rollouts run through the model's `generate()` with the hybrid cache: one prefill, then one single-token forward
+  per new token (tested with a forward spy), never a recomputation of the prefix.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from .rewards import check_rows, get_rewards
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+
+
+@dataclass
+class RLArgs:
+    model: str = "smollm2-135m"
+    data: str = "synthetic:train:levels=1"
+    n: int | None = 256
+    out: str = "runs/rl"
+    rewards: list[str] = field(default_factory=lambda: ["correctness", "format"])
+    reward_weights: list[float] | None = None
+    loss_type: str = "dapo"
+    num_generations: int = 8
+    batch_size: int = 8  # completions per device step; a multiple of num_generations
+    grad_accum: int = 1
+    max_steps: int = 50
+    lr: float = 1e-6
+    beta: float = 0.0
+    epsilon: float = 0.2
+    epsilon_high: float = 0.28  # clip-higher (DAPO)
+    temperature: float = 1.0
+    max_prompt_length: int = 256
+    max_completion_length: int = 128
+    logging_steps: int = 1
+    save_steps: int = 25
+    seed: int = 0
+    extra: dict = field(default_factory=dict)  # more GRPOConfig fields
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r} is not one of {LOSS_TYPES}")
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations={self.num_generations} must be >= 2 (advantages are group-relative)")
+        if self.batch_size % self.num_generations:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of num_generations="
+                             f"{self.num_generations}")
+        if self.epsilon_high < self.epsilon:
+            raise ValueError(f"epsilon_high={self.epsilon_high} must be >= epsilon={self.epsilon}")
+        get_rewards(self.rewards)  # unknown names fail here, listing the registered ones
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.rewards)} rewards")
+
+
+def rl_rows(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
+    """Chat prompts with gold answers from a tasks spec or a GSM8K/MATH jsonl."""
+    from .tasks import load_tasks, prompt_of
+    rows = [{"prompt": [{"role": "user", "content": prompt_of(p)}], "answer": p.answer}
+            for p in load_tasks(data, n=n, seed=seed)]
+    check_rows(rows)
+    return rows
+
+
+def grpo_config(args: RLArgs) -> GRPOConfig:
+    return GRPOConfig(
+        output_dir=args.out, max_steps=args.max_steps, learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+        num_generations=args.num_generations, loss_type=args.loss_type, beta=args.beta, epsilon=args.epsilon,
+        epsilon_high=args.epsilon_high, temperature=args.temperature, max_completion_length=args.max_completion_length,
+        reward_weights=args.reward_weights, logging_steps=args.logging_steps, save_steps=args.save_steps,
+        save_total_limit=2, report_to=[], seed=args.seed, use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(), **args.extra,
+    )
+
+
+def make_trainer(model, tokenizer, rows: list[dict], args: RLArgs) -> GRPOTrainer:
+    from datasets import Dataset
+    check_rows(rows)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return GRPOTrainer(model=model, reward_funcs=get_rewards(args.rewards), args=grpo_config(args),
+                       train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+
+
+def run_rl(args: RLArgs, resume: bool = False) -> str:
+    """Train; save the final model (+ tokenizer) to `args.out`/final and return that path. Resumable."""
+    from hybrid import load_pretrained
+    model, tok = load_pretrained(args.model)
+    if tok is None:
+        raise ValueError(f"{args.model} has no tokenizer")
+    trainer = make_trainer(model, tok, rl_rows(args.data, args.n, args.seed), args)
+    has_ckpt = os.path.isdir(args.out) and any(d.startswith("checkpoint-") for d in os.listdir(args.out))
+    trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
+    final = os.path.join(args.out, "final")
+    trainer.save_model(final)
+    tok.save_pretrained(final)
+    with open(os.path.join(args.out, "rl_args.json"), "w") as f:
+        json.dump(asdict(args), f, indent=1)
+    return final
