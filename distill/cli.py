@@ -94,6 +94,28 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_sft(args) -> int:
+    from .recipe import load_recipe
+    from .sft import SFTArgs, run_sft
+
+    cfg = load_recipe(args.config, cls=SFTArgs, profile=args.profile, overrides=args.set or [])
+    if args.out:
+        cfg.out = args.out
+    print(f"-> {run_sft(cfg, resume=args.resume)}")
+    return 0
+
+
+def cmd_rl(args) -> int:
+    from .recipe import load_recipe
+    from .rl import RLArgs, run_rl
+
+    cfg = load_recipe(args.config, cls=RLArgs, profile=args.profile, overrides=args.set or [])
+    if args.out:
+        cfg.out = args.out
+    print(f"-> {run_rl(cfg, resume=args.resume)}")
+    return 0
+
+
 def cmd_select(args) -> int:
     from hybrid import load_pretrained
 
@@ -336,6 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default="runs/eval")
     e.set_defaults(func=cmd_eval)
+
+    for name, func, what in (("sft", cmd_sft, "SFT on reasoning traces (TRL SFTTrainer)"),
+                             ("rl", cmd_rl, "GRPO with verifiable rewards (TRL GRPOTrainer)")):
+        st = sub.add_parser(name, help=what)
+        st.add_argument("--config", required=True, help=f"YAML of distill.{name}.{'SFTArgs' if name == 'sft' else 'RLArgs'}")
+        st.add_argument("--profile", default=None)
+        st.add_argument("--set", action="append", help="key=value override (repeatable)")
+        st.add_argument("--out", default=None)
+        st.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+        st.set_defaults(func=func)
 
     le = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks on a model (optional extra: eval)")
     le.add_argument("--model", required=True, help="model spec (hybrid dir, HF dir / id, .gguf, smollm2-135m)")

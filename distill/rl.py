@@ -40,12 +40,12 @@ class RLArgs:
     epsilon: float = 0.2
     epsilon_high: float = 0.28  # clip-higher (DAPO)
     temperature: float = 1.0
-    max_prompt_length: int = 256
     max_completion_length: int = 128
     logging_steps: int = 1
     save_steps: int = 25
     seed: int = 0
     extra: dict = field(default_factory=dict)  # more GRPOConfig fields
+    profiles: dict = field(default_factory=dict)  # named overrides (recipe YAML), applied by --profile
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:

@@ -38,6 +38,7 @@ class SFTArgs:
     save_steps: int = 50
     seed: int = 0
     extra: dict = field(default_factory=dict)  # more SFTConfig fields
+    profiles: dict = field(default_factory=dict)  # named overrides (recipe YAML), applied by --profile
 
     def __post_init__(self):
         if self.kl_weight < 0:

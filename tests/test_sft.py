@@ -101,3 +101,28 @@ def test_bad_sft_input(tmp_path):
     bad.write_text(json.dumps({"question": "1+1"}) + "\n")
     with pytest.raises(ValueError, match="row 0: needs"):
         rows_from(str(bad))
+
+
+def test_sft_and_rl_cli_from_yaml(tmp_path, capsys):
+    import glob
+
+    from distill.cli import main
+    from distill.recipe import load_recipe
+    from distill.rl import RLArgs
+    for path in glob.glob("recipes/*/sft.yaml"):
+        for profile in [None, *load_recipe(path, cls=SFTArgs).profiles]:
+            load_recipe(path, cls=SFTArgs, profile=profile)
+    for path in glob.glob("recipes/*/rl.yaml"):
+        for profile in [None, *load_recipe(path, cls=RLArgs).profiles]:
+            load_recipe(path, cls=RLArgs, profile=profile)
+    model = hybridize(tiny_teacher("llama"), [1, 3], chunk_size=16)
+    model.save_pretrained(tmp_path / "h")
+    tiny_tokenizer().save_pretrained(tmp_path / "h")
+    (tmp_path / "sft.yaml").write_text(f"model: {tmp_path / 'h'}\nn: 4\nmax_steps: 1\nbatch_size: 2\n")
+    assert main(["sft", "--config", str(tmp_path / "sft.yaml"), "--out", str(tmp_path / "s")]) == 0
+    (tmp_path / "rl.yaml").write_text(f"model: {tmp_path / 's' / 'final'}\nn: 2\nmax_steps: 1\nnum_generations: 2\n"
+                                      "batch_size: 2\nmax_completion_length: 4\n")
+    assert main(["rl", "--config", str(tmp_path / "rl.yaml"), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "final" / "config.json").is_file()
+    assert main(["rl", "--config", str(tmp_path / "rl.yaml"), "--set", "lossType=grpo"]) == 2
+    assert "unknown key 'lossType'" in capsys.readouterr().err
