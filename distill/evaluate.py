@@ -54,11 +54,15 @@ def majority_correct(completions: list[str], gold: str) -> bool:
 
 
 def score(problems, completions: list[list[str]], ks=(1,)) -> dict:
-    """Accuracy over problems: pass@1 (mean correct fraction), pass@k and maj@k for each k in ks."""
+    """Accuracy over problems: pass@1 (mean correct fraction) with its standard error over problems
+    (`pass@1_se`: the noise of this estimate from the problems and samples drawn), pass@k and maj@k for each k."""
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completion lists")
     correct = [[is_correct(c, p.answer) for c in comps] for p, comps in zip(problems, completions)]
-    out = {"problems": len(problems), "pass@1": sum(sum(r) / len(r) for r in correct) / max(1, len(correct))}
+    per = [sum(r) / len(r) for r in correct if r]
+    mean = sum(per) / max(1, len(per))
+    se = (sum((x - mean) ** 2 for x in per) / (len(per) - 1) / len(per)) ** 0.5 if len(per) > 1 else 0.0
+    out = {"problems": len(problems), "pass@1": mean, "pass@1_se": se}
     for k in ks:
         out[f"pass@{k}"] = sum(pass_at_k(len(r), sum(r), k) for r in correct) / max(1, len(correct))
         out[f"maj@{k}"] = sum(majority_correct(c[:k], p.answer) for p, c in zip(problems, completions)) / max(

@@ -157,6 +157,20 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
 
 ENGINE_KWARGS = {"attention_mask", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
                  "pad_token_id"}
+# GenerationConfig fields the engine honours or that do not change the tokens drawn (a config setting anything
+# else, e.g. beams, repetition penalty, min_p, goes to transformers' generate).
+_CONFIG_FIELDS_OK = ENGINE_KWARGS | {"bos_token_id", "disable_compile", "use_cache", "transformers_version",
+                                     "_from_model_config"}
+
+
+def engine_kwargs_from_config(gc) -> dict | None:
+    """The engine kwargs equivalent to GenerationConfig `gc`, or None when it asks for more than the engine does
+    (trainers such as TRL's GRPO pass their sampling settings this way)."""
+    diff = gc.to_diff_dict()
+    if set(diff) - _CONFIG_FIELDS_OK or gc.max_new_tokens is None or getattr(gc, "cache_implementation", None):
+        return None
+    keys = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id")
+    return {k: getattr(gc, k) for k in keys if getattr(gc, k, None) is not None}
 
 
 @torch.no_grad()

@@ -198,7 +198,11 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
     def generate(self, input_ids=None, **kwargs):
         """transformers' generate(); plain calls (inputs, lengths, sampling, token ids) run on the decode engine
         (hybrid/generation.py), which returns the same tokens for greedy decoding, faster."""
-        from .generation import ENGINE_KWARGS, generate_like_hf
+        from .generation import ENGINE_KWARGS, engine_kwargs_from_config, generate_like_hf
+        gc = kwargs.get("generation_config")
+        plain = engine_kwargs_from_config(gc) if gc is not None else None
+        if plain is not None:  # a config with nothing but sampling settings: same as passing them
+            kwargs = {**plain, **{k: v for k, v in kwargs.items() if k != "generation_config"}}
         if input_ids is not None and input_ids.dim() == 2 and not set(kwargs) - ENGINE_KWARGS:
             return generate_like_hf(self, input_ids, **kwargs)
         return super().generate(input_ids, **kwargs) if input_ids is not None else super().generate(**kwargs)

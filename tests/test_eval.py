@@ -83,6 +83,7 @@ def test_majority_vote_groups_equivalents_ignores_garbage_and_breaks_ties_determ
     probs = [Problem("a", "p", "7"), Problem("b", "q", "2")]
     s = score(probs, [[r"\boxed{7}", r"\boxed{1}"], [r"\boxed{3}", r"\boxed{3}"]], ks=(1, 2))
     assert s["pass@1"] == pytest.approx(0.25) and s["pass@2"] == pytest.approx(0.5) and s["maj@2"] == 0.5
+    assert s["pass@1_se"] == pytest.approx(0.25)  # per-problem accuracies 0.5 and 0: std 0.354 / sqrt(2)
 
 
 def test_time_budget_curves_on_a_synthetic_timing_table():
@@ -194,3 +195,24 @@ def test_preallocated_kv_layer_writes_in_place_and_refuses_overflow():
     assert layer._k.data_ptr() == buf and torch.equal(keys[:, :, :4], k) and torch.equal(keys[:, :, 4:], k[:, :, :1] + 1)
     with pytest.raises(ValueError, match="5 tokens"):
         layer.update(k[:, :, :1], v[:, :, :1])
+
+
+def test_generation_config_with_sampling_settings_only_runs_on_the_engine(monkeypatch):
+    from transformers import GenerationConfig
+
+    import hybrid.generation as engine
+    model = hybridize(tiny_teacher("llama"), [1, 3], chunk_size=16)
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = (ids != 0).long()
+    used = []
+    real = engine.generate_like_hf
+    monkeypatch.setattr(engine, "generate_like_hf", lambda *a, **k: used.append(1) or real(*a, **k))
+    plain = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=[2],
+                             disable_compile=True)
+    ours = model.generate(ids, attention_mask=mask, generation_config=plain)
+    ref = GenerationMixin.generate(model, ids, attention_mask=mask, generation_config=plain)
+    assert used and torch.equal(ours, ref)
+    used.clear()
+    model.generate(ids, attention_mask=mask, generation_config=GenerationConfig(
+        max_new_tokens=3, do_sample=False, pad_token_id=0, repetition_penalty=1.3))
+    assert not used  # a setting the engine lacks: transformers' generate
