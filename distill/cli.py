@@ -94,6 +94,18 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .pipeline import load_pipeline, run_pipeline
+
+    recipe = load_pipeline(args.recipe, profile=args.profile, overrides=args.set or [])
+    out = args.out or os.path.join("runs", os.path.basename(os.path.abspath(args.recipe)) +
+                                   (f"-{args.profile}" if args.profile else ""))
+    run_pipeline(recipe, out, resume=args.resume)
+    print(open(os.path.join(out, "report.md")).read())
+    print(f"-> {out}/report.md")
+    return 0
+
+
 def cmd_sft(args) -> int:
     from .recipe import load_recipe
     from .sft import SFTArgs, run_sft
@@ -180,8 +192,8 @@ def cmd_bench_throughput(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
-    from .evaluate import (best_batch_size, plot_time_budget, sample_completions, score, time_budget_curves)
-    from .tasks import extract_answer, is_correct, load_tasks
+    from .evaluate import sample_completions, score
+    from .tasks import load_tasks
 
     if args.mode == "accuracy" and not args.model:
         raise ValueError("eval accuracy needs --model")
@@ -202,25 +214,9 @@ def cmd_eval(args) -> int:
             json.dump({**result, "completions": comps, "problems": [p.to_dict() for p in problems]}, f)
         return 0
     from .bench import load_spec
-    spp, correct, answers, meta = {}, {}, {}, {}
-    for spec in args.models:
-        model, tok, label = load_spec(spec, need_tokenizer=True)
-        best = best_batch_size(model, tok, problems, candidates=args.batch_candidates, **kw)
-        comps, secs, tokens = sample_completions(model, tok, problems, args.samples, batch_size=best["best_batch"],
-                                                 **kw)
-        spp[label] = secs / (len(problems) * args.samples)  # measured over the whole draw
-        correct[label] = [[is_correct(c, p.answer) for c in cs] for p, cs in zip(problems, comps)]
-        answers[label] = [[extract_answer(c) for c in cs] for cs in comps]
-        meta[label] = {**best, "seconds": secs, "tokens": tokens, "seconds_per_sample": spp[label]}
-        print(f"{label}: best batch {best['best_batch']}, {spp[label]:.3f} s/sample, "
-              f"pass@1 {sum(map(sum, correct[label])) / (len(problems) * args.samples):.3f}")
-    curves = time_budget_curves(spp, correct, answers, [p.answer for p in problems], args.budgets)
-    with open(os.path.join(args.out, "time_budget.json"), "w") as f:
-        json.dump({"tasks": args.tasks, "problems": len(problems), "samples": args.samples, "models": meta,
-                   "curves": curves}, f, indent=1)
-    plot_time_budget(curves, os.path.join(args.out, "time_budget.png"), title=f"{args.tasks}, {len(problems)} problems")
-    for label, rows in curves.items():
-        print(label, [(r["budget_s"], r["k"], round(r["coverage"], 3), r["majority"]) for r in rows])
+    from .evaluate import run_time_budget
+    run_time_budget(args.models, problems, args.samples, args.budgets, args.batch_candidates, args.out,
+                    title=f"{args.tasks}, {len(problems)} problems", tasks=args.tasks, **kw)
     print(f"-> {args.out}/time_budget.json, time_budget.png")
     return 0
 
@@ -358,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default="runs/eval")
     e.set_defaults(func=cmd_eval)
+
+    rn = sub.add_parser("run", help="the whole pipeline from one recipe folder: distill, SFT, RL, eval, bench, report")
+    rn.add_argument("recipe", help="recipe folder, e.g. recipes/smollm2-135m")
+    rn.add_argument("--profile", default=None, help="profile applied in every stage file that has it (e.g. quick)")
+    rn.add_argument("--set", action="append", help="file.key=value override, e.g. sft.max_steps=5 (repeatable)")
+    rn.add_argument("--out", default=None, help="run folder (default runs/<recipe>[-<profile>])")
+    rn.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
+    rn.set_defaults(func=cmd_run)
 
     for name, func, what in (("sft", cmd_sft, "SFT on reasoning traces (TRL SFTTrainer)"),
                              ("rl", cmd_rl, "GRPO with verifiable rewards (TRL GRPOTrainer)")):

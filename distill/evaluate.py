@@ -169,3 +169,35 @@ def plot_time_budget(curves: dict, path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, out: str, title: str = "",
+                    tasks: str = "", **sampling) -> dict:
+    """Per model spec: best batch size, `samples` draws per problem (timed), then coverage and majority accuracy as
+    functions of wall-clock seconds. Writes out/time_budget.{json,png}; returns the JSON's content."""
+    import json
+    import os
+
+    from .bench import load_spec
+    from .tasks import extract_answer, is_correct
+    os.makedirs(out, exist_ok=True)
+    spp, correct, answers, meta = {}, {}, {}, {}
+    for spec in specs:
+        model, tok, label = load_spec(spec, need_tokenizer=True)
+        best = best_batch_size(model, tok, problems, candidates=batch_candidates, **sampling)
+        comps, secs, tokens = sample_completions(model, tok, problems, samples, batch_size=best["best_batch"],
+                                                 **sampling)
+        spp[label] = secs / (len(problems) * samples)  # measured over the whole draw
+        correct[label] = [[is_correct(c, p.answer) for c in cs] for p, cs in zip(problems, comps)]
+        answers[label] = [[extract_answer(c) for c in cs] for cs in comps]
+        meta[label] = {**best, "seconds": secs, "tokens": tokens, "seconds_per_sample": spp[label]}
+        print(f"{label}: best batch {best['best_batch']}, {spp[label]:.3f} s/sample, "
+              f"pass@1 {sum(map(sum, correct[label])) / (len(problems) * samples):.3f}")
+    curves = time_budget_curves(spp, correct, answers, [p.answer for p in problems], budgets)
+    result = {"tasks": tasks, "problems": len(problems), "samples": samples, "models": meta, "curves": curves}
+    with open(os.path.join(out, "time_budget.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    plot_time_budget(curves, os.path.join(out, "time_budget.png"), title=title)
+    for label, rows in curves.items():
+        print(label, [(r["budget_s"], r["k"], round(r["coverage"], 3), r["majority"]) for r in rows])
+    return result

@@ -1,0 +1,99 @@
+"""`hybrid-distill run`: a tiny recipe end to end, its report, resume after an interruption, recipe validation."""
+import glob
+import json
+import os
+
+import pytest
+import torch
+from helpers import tiny_teacher, tiny_tokenizer
+
+from distill.data import synthetic_prompts
+from distill.pipeline import load_pipeline, run_pipeline
+from distill.train import StopRequested
+
+HERE = os.path.dirname(__file__)
+
+
+def tiny_recipe(tmp_path):
+    teacher = tmp_path / "teacher"
+    tiny_teacher("llama").save_pretrained(teacher)
+    tiny_tokenizer().save_pretrained(teacher)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "completion": p[::-1]}) + "\n" for p in synthetic_prompts(40)))
+    folder = tmp_path / "recipe"
+    folder.mkdir()
+    (folder / "distill.yaml").write_text(f"""teacher: {teacher}
+schedule: [0.5]
+chunk_size: 16
+data: {{source: {data}, seq_len: 64, eval_rows: 2}}
+align: {{steps: 2, batch_size: 2, save_every: 1}}
+kd: {{steps: 3, batch_size: 2, save_every: 1}}
+profiles: {{quick: {{kd.steps: 2}}}}
+""")
+    (folder / "sft.yaml").write_text("n: 6\nmax_steps: 2\nbatch_size: 2\nmax_length: 128\nsave_steps: 1\n")
+    (folder / "rl.yaml").write_text("n: 2\nmax_steps: 1\nnum_generations: 2\nbatch_size: 2\n"
+                                    "max_completion_length: 6\n")
+    (folder / "bench.yaml").write_text("n: 3\nsamples: 2\nmax_new_tokens: 6\nbatch: [2]\nprompt_len: 8\n"
+                                       "gen_len: 6\nbudgets: [0.05, 1]\nbatch_candidates: [2]\n")
+    return str(folder)
+
+
+def test_tiny_recipe_runs_end_to_end_and_reports_every_section(tmp_path):
+    from distill.cli import main
+    folder = tiny_recipe(tmp_path)
+    out = tmp_path / "run"
+    assert main(["run", folder, "--profile", "quick", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    for section in ("## Distillation", "## Task accuracy", "## Throughput", "## Accuracy under a wall-clock budget",
+                    "## Time per stage"):
+        assert section in report, section
+    for row in ("| teacher | base |", "| teacher | sft |", "| teacher | rl |", "| hybrid | base |", "| hybrid | rl |"):
+        assert row in report, row
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages) == ["distill", "sft-teacher", "sft-hybrid", "rl-teacher", "rl-hybrid", "eval", "bench",
+                            "report"]
+    assert os.path.isfile(out / "bench" / "time_budget.png") and os.path.isfile(out / "rl-hybrid" / "final"
+                                                                                / "config.json")
+    summary = json.loads((out / "distill" / "summary.json").read_text())
+    assert [p["phase"] for p in summary["phases"]] == ["transfer", "align", "kd"]
+    assert summary["phases"][-1].get("steps", 2) == 2  # the quick profile applied
+    # a finished run is never overwritten
+    assert main(["run", folder, "--out", str(out)]) == 2
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    folder = tiny_recipe(tmp_path)
+    recipe = load_pipeline(folder)
+    recipe.sft = recipe.rl = None  # the resume contract is the pipeline's; keep the test short
+    recipe.bench.n, recipe.bench.samples = 1, 1
+    straight = tmp_path / "straight"
+    run_pipeline(recipe, str(straight))
+    cut = tmp_path / "cut"
+    with pytest.raises(StopRequested):
+        run_pipeline(recipe, str(cut), stop_after=("distill", 2))  # inside the align phase
+    run_pipeline(recipe, str(cut), resume=True)
+    from safetensors.torch import load_file
+    a = load_file(str(straight / "distill" / "final" / "model.safetensors"))
+    b = load_file(str(cut / "distill" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((cut / "stages.json").read_text()).keys() == json.loads(
+        (straight / "stages.json").read_text()).keys()
+
+
+def test_every_recipe_validates_and_broken_ones_name_file_key_value(tmp_path):
+    from distill.pipeline import validate_recipe
+    folders = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(HERE, "..", "recipes", "*", "distill.yaml"))})
+    assert len(folders) >= 6
+    for folder in folders:
+        validate_recipe(folder)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "distill.yaml").write_text("teacher: x\nkd: {stepz: 3}\n")
+    with pytest.raises(ValueError, match=r"distill.yaml.*stepz"):
+        load_pipeline(str(bad))
+    (bad / "distill.yaml").write_text("teacher: x\nselect: {strategy: explicit, params: {layers: [1, 40]}}\n")
+    (bad / "teacher_config.json").write_text(json.dumps(tiny_teacher("llama").config.to_dict()))
+    with pytest.raises(ValueError, match=r"distill.yaml.*select.params.layers.*40"):
+        validate_recipe(str(bad))
+    with pytest.raises(ValueError, match="profile 'nope'"):
+        load_pipeline(folders[0], profile="nope")
