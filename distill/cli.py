@@ -128,6 +128,17 @@ def cmd_rl(args) -> int:
     return 0
 
 
+def cmd_dpo(args) -> int:
+    from .dpo import DPOArgs, run_dpo
+    from .recipe import load_recipe
+
+    cfg = load_recipe(args.config, cls=DPOArgs, profile=args.profile, overrides=args.set or [])
+    if args.out:
+        cfg.out = args.out
+    print(f"-> {run_dpo(cfg, resume=args.resume)}")
+    return 0
+
+
 def cmd_select(args) -> int:
     from hybrid import load_pretrained
 
@@ -364,9 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     rn.set_defaults(func=cmd_run)
 
     for name, func, what in (("sft", cmd_sft, "SFT on reasoning traces (TRL SFTTrainer)"),
-                             ("rl", cmd_rl, "GRPO with verifiable rewards (TRL GRPOTrainer)")):
+                             ("rl", cmd_rl, "GRPO with verifiable rewards (TRL GRPOTrainer)"),
+                             ("dpo", cmd_dpo, "DPO on preference pairs (TRL DPOTrainer), optional last stage")):
         st = sub.add_parser(name, help=what)
-        st.add_argument("--config", required=True, help=f"YAML of distill.{name}.{'SFTArgs' if name == 'sft' else 'RLArgs'}")
+        cls = {"sft": "SFTArgs", "rl": "RLArgs", "dpo": "DPOArgs"}[name]
+        st.add_argument("--config", required=True, help=f"YAML of distill.{name}.{cls}")
         st.add_argument("--profile", default=None)
         st.add_argument("--set", action="append", help="key=value override (repeatable)")
         st.add_argument("--out", default=None)

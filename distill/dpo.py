@@ -1,0 +1,108 @@
+"""DPO through TRL's DPOTrainer on our model (MambaInLlama's last stage), an optional stage with its own config.
+
+Preference rows: `prompt`, `chosen`, `rejected` (strings or chat messages), from a .jsonl, or built from a tasks
+spec: the gold solution is chosen and the same solution with a wrong final answer is rejected (a synthetic
+preference that teaches answer fidelity; real runs pass their own preference data). The reference model is a
+frozen copy of the starting model.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from trl import DPOConfig, DPOTrainer
+
+
+@dataclass
+class DPOArgs:
+    model: str = "smollm2-135m"
+    data: str = "synthetic:train"
+    n: int | None = 256
+    out: str = "runs/dpo"
+    beta: float = 0.1
+    max_steps: int = 100
+    lr: float = 5e-7
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    logging_steps: int = 5
+    save_steps: int = 50
+    seed: int = 0
+    extra: dict = field(default_factory=dict)  # more DPOConfig fields
+    profiles: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise ValueError(f"beta={self.beta} must be > 0")
+        for k in ("max_steps", "batch_size", "grad_accum", "max_length"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}={getattr(self, k)} must be >= 1")
+
+
+def _wrong(answer: str) -> str:
+    try:
+        return str(int(answer) + 1)
+    except ValueError:
+        return answer + "1"
+
+
+def preference_rows(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
+    from .tasks import load_tasks, prompt_of
+    if os.path.isfile(data) and data.endswith(".jsonl"):
+        rows = []
+        with open(data) as f:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                r = json.loads(line)
+                missing = [k for k in ("prompt", "chosen", "rejected") if k not in r]
+                if missing:
+                    raise ValueError(f"{data} row {i} has no {missing[0]!r} field (keys: {sorted(r)})")
+                rows.append({k: r[k] for k in ("prompt", "chosen", "rejected")})
+        return rows[:n] if n is not None else rows
+    rows = []
+    for p in load_tasks(data, n=n, seed=seed):
+        gold = p.solution or f"\\boxed{{{p.answer}}}"
+        bad = gold.replace(f"\\boxed{{{p.answer}}}", f"\\boxed{{{_wrong(p.answer)}}}")
+        rows.append({"prompt": [{"role": "user", "content": prompt_of(p)}],
+                     "chosen": [{"role": "assistant", "content": gold}],
+                     "rejected": [{"role": "assistant", "content": bad}]})
+    return rows
+
+
+def dpo_config(args: DPOArgs) -> DPOConfig:
+    return DPOConfig(output_dir=args.out, beta=args.beta, max_steps=args.max_steps, learning_rate=args.lr,
+                     per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+                     max_length=args.max_length, logging_steps=args.logging_steps, save_steps=args.save_steps,
+                     save_total_limit=2, report_to=[], seed=args.seed, use_cpu=not torch.cuda.is_available(),
+                     bf16=torch.cuda.is_available(), **args.extra)
+
+
+def make_trainer(model, tokenizer, rows: list[dict], args: DPOArgs) -> DPOTrainer:
+    from datasets import Dataset
+    if not rows:
+        raise ValueError("DPO needs at least one preference row")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ref = copy.deepcopy(model).eval().requires_grad_(False)  # TRL would reload it from a hub id / path
+    return DPOTrainer(model=model, ref_model=ref, args=dpo_config(args), train_dataset=Dataset.from_list(rows),
+                      processing_class=tokenizer)
+
+
+def run_dpo(args: DPOArgs, resume: bool = False) -> str:
+    from hybrid import load_pretrained
+    model, tok = load_pretrained(args.model)
+    if tok is None:
+        raise ValueError(f"{args.model} has no tokenizer")
+    trainer = make_trainer(model, tok, preference_rows(args.data, args.n, args.seed), args)
+    has_ckpt = os.path.isdir(args.out) and any(d.startswith("checkpoint-") for d in os.listdir(args.out))
+    trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
+    final = os.path.join(args.out, "final")
+    trainer.save_model(final)
+    tok.save_pretrained(final)
+    with open(os.path.join(args.out, "dpo_args.json"), "w") as f:
+        json.dump(asdict(args), f, indent=1)
+    return final
