@@ -306,7 +306,8 @@ def run_ops(batches=(1, 16, 64), reps: int = 20, out_dir: str | None = None, sca
         for b in batches:
             g = torch.Generator().manual_seed(0)
             xBC, w, bias = torch.randn(b, C, generator=g), torch.randn(C, K, generator=g), torch.randn(C, generator=g)
-            dt, dt_bias, A, D = torch.randn(b, H, generator=g), torch.randn(H, generator=g), -torch.rand(H), torch.randn(H)
+            dt, dt_bias = torch.randn(b, H, generator=g), torch.randn(H, generator=g)
+            A, D = -torch.rand(H), torch.randn(H)
             conv0, ssm0 = torch.randn(b, C, K, generator=g), torch.randn(b, H, P, P, generator=g)
 
             def ref(conv=conv0.clone(), ssm=ssm0.clone()):

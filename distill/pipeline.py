@@ -182,8 +182,8 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
                            os.path.join(out, "bench"), hf_baseline=False)
             problems = load_tasks(b.tasks, n=b.n, seed=b.seed)
             run_time_budget([final["teacher"], final["hybrid"]], problems, b.samples, b.budgets,
-                            b.batch_candidates, os.path.join(out, "bench"), title=f"{b.tasks}, {len(problems)} problems",
-                            tasks=b.tasks, max_new_tokens=b.max_new_tokens, temperature=b.temperature,
+                            b.batch_candidates, os.path.join(out, "bench"),
+                            title=f"{b.tasks}, {len(problems)} problems", tasks=b.tasks, max_new_tokens=b.max_new_tokens, temperature=b.temperature,
                             top_p=b.top_p, seed=b.seed)
         elif stage == "report":
             write_report(recipe, out, stages.done, models)
@@ -236,9 +236,10 @@ def write_report(recipe: PipelineRecipe, out: str, done: dict, models: dict) -> 
         with open(os.path.join(bench_dir, "time_budget.json")) as f:
             tb = json.load(f)
         report["time_budget"] = tb
+        first = next(iter(tb["curves"].values()))
         lines += ["## Accuracy under a wall-clock budget", "",
-                  "| model | s/sample | " + " | ".join(f"{r['budget_s']:g} s" for r in next(iter(tb["curves"].values())))
-                  + " |", "|---|---|" + "---|" * len(next(iter(tb["curves"].values())))]
+                  "| model | s/sample | " + " | ".join(f"{r['budget_s']:g} s" for r in first) + " |",
+                  "|---|---|" + "---|" * len(first)]
         for label, rows in tb["curves"].items():
             lines.append(f"| {label} | {tb['models'][label]['seconds_per_sample']:.3f} | " + " | ".join(
                 f"k={r['k']}: {r['coverage']:.2f} / {_fmt(r['majority'], 2)}" for r in rows) + " |")
