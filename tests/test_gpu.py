@@ -1,4 +1,4 @@
-"""CUDA paths: the fused decode kernel and a whole hybrid on the GPU against the PyTorch path.
+"""CUDA paths: every CUDA kernel against its CPU twin, and a whole hybrid on the GPU against the CPU.
 
 Skipped without a CUDA device; tests/gpu/run.sh runs them on a lent GPU machine.
 """
@@ -44,3 +44,57 @@ def test_hybrid_on_cuda_matches_cpu(monkeypatch):
         gen = model.generate(ids[:, :8].cuda(), max_new_tokens=8, do_sample=False, pad_token_id=0).cpu()
     assert_close(out, ref, atol=1e-3, rtol=1e-3)
     assert torch.equal(gen, gen_ref)
+
+
+def _cpu_and_cuda(ext, name):
+    assert ext is not None and hasattr(ext, f"{name}_cuda"), "the CUDA extension did not build"
+    return getattr(ext, f"{name}_cpu"), getattr(ext, f"{name}_cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch,T,H,P,G,N", [(1, 1, 4, 24, 1, 16), (3, 257, 8, 64, 2, 64), (1, 1000, 4, 128, 4, 128)])
+def test_cuda_scan_matches_cpu_kernel(batch, T, H, P, G, N, dtype):
+    from hybrid.ops import csrc
+    cpu_fn, cuda_fn = _cpu_and_cuda(csrc.extension(), "ssd_scan")
+    g = torch.Generator().manual_seed(T)
+    x = torch.randn(batch, T, H, P, generator=g).to(dtype)
+    dt = torch.rand(batch, T, H, generator=g) * 0.5
+    A, D = -torch.rand(H, generator=g) - 0.05, torch.randn(H, generator=g)
+    B, C = torch.randn(batch, T, G, N, generator=g).to(dtype), torch.randn(batch, T, G, N, generator=g).to(dtype)
+    s0 = torch.randn(batch, H, P, N, generator=g)
+    seq = torch.zeros(batch, T, dtype=torch.long)
+    seq[:, T // 2:] = 1
+    y, f = cpu_fn(x, dt, A, B, C, D, s0, seq)
+    yc, fc = cuda_fn(x.cuda(), dt.cuda(), A.cuda(), B.cuda(), C.cuda(), D.cuda(), s0.cuda(), seq.cuda())
+    tol = 1e-3 if dtype == torch.float32 else 5e-2
+    assert_close(yc.cpu().float(), y.float(), atol=tol * y.float().abs().max().item(), rtol=tol, what="y")
+    assert_close(fc.cpu(), f, atol=1e-3, rtol=1e-3, what="final state")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_conv1d_and_mamba1_step_match_cpu_kernels(dtype):
+    from hybrid.ops import csrc
+    ext = csrc.extension()
+    conv_cpu, conv_cuda = _cpu_and_cuda(ext, "causal_conv1d")
+    step_cpu, step_cuda = _cpu_and_cuda(ext, "mamba1_step")
+    g = torch.Generator().manual_seed(1)
+    x, w, bias = torch.randn(3, 257, 96, generator=g).to(dtype), torch.randn(96, 4, generator=g), torch.randn(96)
+    init = torch.randn(3, 96, 3, generator=g)
+    seq = torch.zeros(3, 257, dtype=torch.long)
+    seq[1, 100:] = 1
+    y = conv_cpu(x, w.to(dtype), bias.to(dtype), init.to(dtype), seq, True)
+    yc = conv_cuda(x.cuda(), w.cuda(), bias.cuda(), init.cuda(), seq.cuda(), True)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert_close(yc.cpu().float(), y.float(), atol=tol, rtol=tol, what="conv")
+    Di, N = 128, 16
+    args = [torch.randn(4, Di, generator=g).to(dtype), torch.randn(4, Di, 4, generator=g).to(dtype),
+            torch.randn(Di, 4, generator=g).to(dtype), torch.randn(Di, generator=g).to(dtype),
+            torch.rand(4, Di, generator=g), -torch.rand(Di, N, generator=g),
+            torch.randn(4, 2, N, generator=g).to(dtype), torch.randn(4, 8, N, generator=g).to(dtype),
+            torch.randn(Di, generator=g), torch.randn(4, Di, N, generator=g)]
+    gpu = [a.cuda() for a in args]
+    y1 = step_cpu(*args)[0]
+    y1c = step_cuda(*gpu)[0]
+    assert_close(y1c.cpu().float(), y1.float(), atol=tol, rtol=tol, what="mamba1 y")
+    assert_close(gpu[-1].cpu(), args[-1], atol=1e-4, rtol=1e-4, what="mamba1 state")
+    assert torch.equal(gpu[1].cpu(), args[1])
