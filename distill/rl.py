@@ -7,6 +7,10 @@
   KL coefficient beta (default 0, as M1).
 - Rollouts run through the model's `generate()` with the hybrid cache: one prefill, then one single-token forward
   per new token (tested with a forward spy), never a recomputation of the prefix.
+- Added in a subclass (HybridGRPOTrainer), not a fork: `drop_zero_variance_groups` removes groups whose rewards are
+  all equal (zero advantage: no signal) from the loss and from its token normalizer (DAPO's dynamic sampling
+  without the resampling), so they do not dilute the groups that carry signal. Groups must not straddle
+  processes: per-device batch a multiple of num_generations (checked).
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ class RLArgs:
     max_completion_length: int = 128
     logging_steps: int = 1
     save_steps: int = 25
+    drop_zero_variance_groups: bool = False
     seed: int = 0
     extra: dict = field(default_factory=dict)  # more GRPOConfig fields
     profiles: dict = field(default_factory=dict)  # named overrides (recipe YAML), applied by --profile
@@ -71,6 +76,29 @@ def rl_rows(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
     return rows
 
 
+class HybridGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer plus optional dropping of zero-variance groups."""
+
+    def __init__(self, *args, drop_zero_variance_groups: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.drop_zero_variance_groups = drop_zero_variance_groups
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if not self.drop_zero_variance_groups:
+            return out
+        G = self.num_generations
+        adv = out["advantages"]
+        if adv.numel() % G:
+            raise ValueError(f"{adv.numel()} completions on this process do not split into groups of {G}")
+        keep = (adv.view(-1, G) != 0).any(1).repeat_interleave(G)  # all-zero advantages: all rewards equal
+        out["completion_mask"] = out["completion_mask"] * keep[:, None].to(out["completion_mask"].dtype)
+        out["num_items_in_batch"] = self.accelerator.gather(out["completion_mask"].sum()).sum()
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["dropped_group_fraction"].append(1.0 - keep.float().mean().item())
+        return out
+
+
 def grpo_config(args: RLArgs) -> GRPOConfig:
     return GRPOConfig(
         output_dir=args.out, max_steps=args.max_steps, learning_rate=args.lr,
@@ -83,14 +111,15 @@ def grpo_config(args: RLArgs) -> GRPOConfig:
     )
 
 
-def make_trainer(model, tokenizer, rows: list[dict], args: RLArgs) -> GRPOTrainer:
+def make_trainer(model, tokenizer, rows: list[dict], args: RLArgs) -> HybridGRPOTrainer:
     from datasets import Dataset
     check_rows(rows)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return GRPOTrainer(model=model, reward_funcs=get_rewards(args.rewards), args=grpo_config(args),
-                       train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    return HybridGRPOTrainer(model=model, reward_funcs=get_rewards(args.rewards), args=grpo_config(args),
+                             train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                             drop_zero_variance_groups=args.drop_zero_variance_groups)
 
 
 def run_rl(args: RLArgs, resume: bool = False) -> str:

@@ -83,3 +83,39 @@ def test_bad_rl_input():
     from distill.rewards import check_rows
     with pytest.raises(ValueError, match="row 1 has no 'answer' field"):
         check_rows([ROWS[0], {"prompt": "x"}])
+
+
+def only_first_prompt_varies(prompts, completions, **columns):  # the second group gets a constant reward
+    texts = [_text(p) for p in prompts]
+    return [vowels(None, [c])[0] if "1+1" in t else 1.0 for t, c in zip(texts, completions)]
+
+
+def test_zero_variance_groups_are_dropped_from_loss_and_normalizer(monkeypatch, tmp_path):
+    monkeypatch.setitem(REWARDS, "first", only_first_prompt_varies)
+    torch.manual_seed(1)
+    model = hybridize(tiny_teacher("llama"), [1, 3], chunk_size=16)
+    G = 4
+    tr = make_trainer(model, tiny_tokenizer(), ROWS, RLArgs(out=str(tmp_path), max_steps=1, num_generations=G,
+                                                            batch_size=8, max_completion_length=10, lr=1e-2,
+                                                            rewards=["first"], drop_zero_variance_groups=True))
+    captured = {}
+    real_loss = tr._compute_loss
+
+    def capture(m, inputs):
+        loss = real_loss(m, inputs)
+        captured.update(inputs=inputs, loss=loss.detach())
+        return loss
+
+    monkeypatch.setattr(tr, "_compute_loss", capture)
+    tr.train()
+    inp = captured["inputs"]
+    adv, mask = inp["advantages"].float(), inp["completion_mask"].float()
+    tok = tiny_tokenizer()
+    prompts = tok.batch_decode(inp["prompt_ids"], skip_special_tokens=True)
+    constant = torch.tensor(["2+3" in p.replace(" ", "") for p in prompts])
+    assert constant.sum() == G and (adv[constant] == 0).all()
+    assert (mask[constant] == 0).all() and (mask[~constant].sum(1) > 0).all()  # dropped: no tokens left
+    assert inp["num_items_in_batch"].item() == mask.sum().item()  # the normalizer counts the kept tokens only
+    hand = -(adv[:, None] * mask).sum() / mask.sum()
+    assert captured["loss"].item() == pytest.approx(hand.item(), abs=1e-5)
+    assert tr.state.log_history[0]["dropped_group_fraction"] == 0.5
