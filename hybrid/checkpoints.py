@@ -87,6 +87,11 @@ def load_pretrained(spec: str, dtype=None, device=None, tokenizer: bool = True):
             raise ValueError(f"GGUF file {path!r} does not exist")
         folder, name = os.path.split(os.path.abspath(path))
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
+        # transformers dequantises GGUF to plain float tensors but keeps the model marked as quantized, which makes
+        # trainers refuse to fine-tune it and leaks a quantization_config into saved (and hybrid) configs
+        model.is_quantized, model.hf_quantizer = False, None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         if tokenizer:
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     elif os.path.isdir(path) and is_released_dir(path):

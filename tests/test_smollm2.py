@@ -29,6 +29,14 @@ def test_all_attention_hybrid_reproduces_smollm2(teacher):
         assert_close(hybrid(ids).logits, model(ids).logits, atol=1e-4, rtol=0)
 
 
+def test_gguf_teacher_is_plain_float_and_trainable(teacher):
+    from transformers.trainer_utils import validate_quantization_for_training
+    model, _ = teacher
+    validate_quantization_for_training(model)  # raises for a model still marked as quantized
+    assert "quantization_config" not in model.config.to_dict()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_convert_at_half_and_generate(tmp_path, capsys):
     out = tmp_path / "h50"
     assert main(["convert", "--teacher", "smollm2-135m", "--attn-ratio", "0.5", "--out", str(out)]) == 0

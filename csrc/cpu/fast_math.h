@@ -10,7 +10,7 @@
 namespace hybrid_cpu {
 
 inline float fast_exp(float x) {
-  x = std::fmin(std::fmax(x, -87.0f), 88.0f);
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);  // not fmin/fmax: their NaN rules block vectorisation
   const float t = x * 1.44269504088896341f;
   const float fi = std::floor(t + 0.5f);
   const float f = t - fi;
