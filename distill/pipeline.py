@@ -224,7 +224,9 @@ def write_report(recipe: PipelineRecipe, out: str, done: dict, models: dict) -> 
                 lines.append(f"| {who} | {step} | {_fmt(r['pass@1'])} ± {_fmt(r.get('pass@1_se'))} | "
                              f"{_fmt(r.get(f'maj@{k}'))} | {_fmt(r.get(f'pass@{k}'))} |")
     lines.append("")
-    # throughput and time budgets
+    # throughput and time budgets (model paths shown by their role)
+    roles = {spec: f"{who} ({step})" for who, ckpts in models.items() for step, spec in ckpts.items()}
+    start = len(lines)
     bench_dir = os.path.join(out, "bench")
     if os.path.isfile(os.path.join(bench_dir, "bench.json")):
         with open(os.path.join(bench_dir, "bench.json")) as f:
@@ -245,6 +247,9 @@ def write_report(recipe: PipelineRecipe, out: str, done: dict, models: dict) -> 
                 f"k={r['k']}: {r['coverage']:.2f} / {_fmt(r['majority'], 2)}" for r in rows) + " |")
         lines += ["", "cells: samples per problem within the budget: coverage (pass@k) / majority-vote accuracy", "",
                   "![time budget](bench/time_budget.png)", ""]
+    for i in range(start, len(lines)):
+        for spec, role in sorted(roles.items(), key=lambda kv: -len(kv[0])):
+            lines[i] = lines[i].replace(spec, role)
     # time per stage
     lines += ["## Time per stage", "", "| stage | wall s |", "|---|---|"]
     lines += [f"| {s} | {done[s]['seconds']:.0f} |" for s in STAGES if s in done]

@@ -9,7 +9,7 @@ out=${1:-runs/demo-sft-rl}
 hybrid=${2:-runs/demo-h50/final}
 R=recipes/smollm2-135m
 evaluate() {  # model dir-or-spec, out dir
-  [ -f "$2/eval.json" ] || hybrid-distill eval --model "$1" --tasks synthetic:test:levels=1 --n 100 --samples 4 \
+  [ -f "$2/eval.json" ] || hybrid-distill eval --model "$1" --tasks synthetic:test:levels=1 --n 60 --samples 4 \
     --max-new-tokens 64 --temperature 0.7 --out "$2" > /dev/null
 }
 for name in teacher hybrid; do
