@@ -122,12 +122,7 @@ def fused_mamba1_step(x, conv_state, conv_w, conv_b, delta, A, B, C, D, ssm_stat
 
     x [b, Di] pre-conv; conv_state [b, Di, K] and ssm_state [b, Di, N] (fp32) advance in place; B [b, GB, N] and
     C [b, GC, N] are read per channel group in place. Returns y [b, Di] (before the gate).
-    On a CPU the torch composition is faster from batch 16 on (bench ops: the kernel's per-channel N-wide loop
-    does not keep up with torch's whole-tensor vector ops), so there "auto" keeps torch and only
-    HYBRID_KERNELS=csrc selects the kernel.
     """
-    if x.device.type == "cpu" and kernel_choice() != "csrc":
-        return None
     fn = _csrc_fn("mamba1_step", x, conv_w, delta, A, B, C, D)
     if fn is None or not conv_state.is_contiguous() or ssm_state.dtype != torch.float32:
         return None
