@@ -106,36 +106,22 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_sft(args) -> int:
-    from .recipe import load_recipe
-    from .sft import SFTArgs, run_sft
-
-    cfg = load_recipe(args.config, cls=SFTArgs, profile=args.profile, overrides=args.set or [])
-    if args.out:
-        cfg.out = args.out
-    print(f"-> {run_sft(cfg, resume=args.resume)}")
-    return 0
+TRL_STAGES = {  # command -> (module, args class, run function)
+    "sft": ("sft", "SFTArgs", "run_sft"), "rl": ("rl", "RLArgs", "run_rl"), "dpo": ("dpo", "DPOArgs", "run_dpo"),
+}
 
 
-def cmd_rl(args) -> int:
-    from .recipe import load_recipe
-    from .rl import RLArgs, run_rl
+def cmd_trl_stage(args) -> int:
+    import importlib
 
-    cfg = load_recipe(args.config, cls=RLArgs, profile=args.profile, overrides=args.set or [])
-    if args.out:
-        cfg.out = args.out
-    print(f"-> {run_rl(cfg, resume=args.resume)}")
-    return 0
-
-
-def cmd_dpo(args) -> int:
-    from .dpo import DPOArgs, run_dpo
     from .recipe import load_recipe
 
-    cfg = load_recipe(args.config, cls=DPOArgs, profile=args.profile, overrides=args.set or [])
+    module, cls, run = TRL_STAGES[args.command]
+    mod = importlib.import_module(f"distill.{module}")
+    cfg = load_recipe(args.config, cls=getattr(mod, cls), profile=args.profile, overrides=args.set or [])
     if args.out:
         cfg.out = args.out
-    print(f"-> {run_dpo(cfg, resume=args.resume)}")
+    print(f"-> {getattr(mod, run)(cfg, resume=args.resume)}")
     return 0
 
 
@@ -203,7 +189,7 @@ def cmd_bench_throughput(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
-    from .evaluate import sample_completions, score
+    from .evaluate import run_accuracy
     from .tasks import load_tasks
 
     if args.mode == "accuracy" and not args.model:
@@ -214,17 +200,10 @@ def cmd_eval(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     if args.mode == "accuracy":
-        from .bench import load_spec
-        model, tok, label = load_spec(args.model, need_tokenizer=True)
-        comps, secs, tokens = sample_completions(model, tok, problems, args.samples, batch_size=args.batch_size, **kw)
-        ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k <= args.samples} | {args.samples})
-        result = {"model": label, "tasks": args.tasks, "samples": args.samples, "seconds": secs, "tokens": tokens,
-                  **score(problems, comps, ks)}
-        print(json.dumps({k: v for k, v in result.items()}, indent=1))
-        with open(os.path.join(args.out, "eval.json"), "w") as f:
-            json.dump({**result, "completions": comps, "problems": [p.to_dict() for p in problems]}, f)
+        result = run_accuracy(args.model, problems, args.samples, args.out, tasks=args.tasks,
+                              batch_size=args.batch_size, **kw)
+        print(json.dumps(result, indent=1))
         return 0
-    from .bench import load_spec
     from .evaluate import run_time_budget
     run_time_budget(args.models, problems, args.samples, args.budgets, args.batch_candidates, args.out,
                     title=f"{args.tasks}, {len(problems)} problems", tasks=args.tasks, **kw)
@@ -374,17 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
     rn.set_defaults(func=cmd_run)
 
-    for name, func, what in (("sft", cmd_sft, "SFT on reasoning traces (TRL SFTTrainer)"),
-                             ("rl", cmd_rl, "GRPO with verifiable rewards (TRL GRPOTrainer)"),
-                             ("dpo", cmd_dpo, "DPO on preference pairs (TRL DPOTrainer), optional last stage")):
+    for name, what in (("sft", "SFT on reasoning traces (TRL SFTTrainer)"),
+                       ("rl", "GRPO with verifiable rewards (TRL GRPOTrainer)"),
+                       ("dpo", "DPO on preference pairs (TRL DPOTrainer), optional last stage")):
         st = sub.add_parser(name, help=what)
-        cls = {"sft": "SFTArgs", "rl": "RLArgs", "dpo": "DPOArgs"}[name]
-        st.add_argument("--config", required=True, help=f"YAML of distill.{name}.{cls}")
+        module, cls, _ = TRL_STAGES[name]
+        st.add_argument("--config", required=True, help=f"YAML of distill.{module}.{cls}")
         st.add_argument("--profile", default=None)
         st.add_argument("--set", action="append", help="key=value override (repeatable)")
         st.add_argument("--out", default=None)
         st.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-        st.set_defaults(func=func)
+        st.set_defaults(func=cmd_trl_stage)
 
     le = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks on a model (optional extra: eval)")
     le.add_argument("--model", required=True, help="model spec (hybrid dir, HF dir / id, .gguf, smollm2-135m)")

@@ -8,12 +8,14 @@ frozen copy of the starting model.
 from __future__ import annotations
 
 import copy
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from trl import DPOConfig, DPOTrainer
+
+from .data import read_records
+from .trl_stage import load_with_tokenizer, train_and_save
 
 
 @dataclass
@@ -53,15 +55,11 @@ def preference_rows(data: str, n: int | None = None, seed: int = 0) -> list[dict
     from .tasks import load_tasks, prompt_of
     if os.path.isfile(data) and data.endswith(".jsonl"):
         rows = []
-        with open(data) as f:
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                r = json.loads(line)
-                missing = [k for k in ("prompt", "chosen", "rejected") if k not in r]
-                if missing:
-                    raise ValueError(f"{data} row {i} has no {missing[0]!r} field (keys: {sorted(r)})")
-                rows.append({k: r[k] for k in ("prompt", "chosen", "rejected")})
+        for i, r in enumerate(read_records(data)):
+            missing = [k for k in ("prompt", "chosen", "rejected") if k not in r]
+            if missing:
+                raise ValueError(f"{data} row {i} has no {missing[0]!r} field (keys: {sorted(r)})")
+            rows.append({k: r[k] for k in ("prompt", "chosen", "rejected")})
         return rows[:n] if n is not None else rows
     rows = []
     for p in load_tasks(data, n=n, seed=seed):
@@ -85,24 +83,12 @@ def make_trainer(model, tokenizer, rows: list[dict], args: DPOArgs) -> DPOTraine
     from datasets import Dataset
     if not rows:
         raise ValueError("DPO needs at least one preference row")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     ref = copy.deepcopy(model).eval().requires_grad_(False)  # TRL would reload it from a hub id / path
     return DPOTrainer(model=model, ref_model=ref, args=dpo_config(args), train_dataset=Dataset.from_list(rows),
                       processing_class=tokenizer)
 
 
 def run_dpo(args: DPOArgs, resume: bool = False) -> str:
-    from hybrid import load_pretrained
-    model, tok = load_pretrained(args.model)
-    if tok is None:
-        raise ValueError(f"{args.model} has no tokenizer")
+    model, tok = load_with_tokenizer(args.model)
     trainer = make_trainer(model, tok, preference_rows(args.data, args.n, args.seed), args)
-    has_ckpt = os.path.isdir(args.out) and any(d.startswith("checkpoint-") for d in os.listdir(args.out))
-    trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
-    final = os.path.join(args.out, "final")
-    trainer.save_model(final)
-    tok.save_pretrained(final)
-    with open(os.path.join(args.out, "dpo_args.json"), "w") as f:
-        json.dump(asdict(args), f, indent=1)
-    return final
+    return train_and_save(trainer, tok, args, resume, "dpo")

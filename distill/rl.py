@@ -14,14 +14,13 @@
 """
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from .rewards import check_rows, get_rewards
+from .trl_stage import load_with_tokenizer, train_and_save
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 
@@ -114,8 +113,6 @@ def grpo_config(args: RLArgs) -> GRPOConfig:
 def make_trainer(model, tokenizer, rows: list[dict], args: RLArgs) -> HybridGRPOTrainer:
     from datasets import Dataset
     check_rows(rows)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return HybridGRPOTrainer(model=model, reward_funcs=get_rewards(args.rewards), args=grpo_config(args),
                              train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
@@ -124,16 +121,6 @@ def make_trainer(model, tokenizer, rows: list[dict], args: RLArgs) -> HybridGRPO
 
 def run_rl(args: RLArgs, resume: bool = False) -> str:
     """Train; save the final model (+ tokenizer) to `args.out`/final and return that path. Resumable."""
-    from hybrid import load_pretrained
-    model, tok = load_pretrained(args.model)
-    if tok is None:
-        raise ValueError(f"{args.model} has no tokenizer")
+    model, tok = load_with_tokenizer(args.model)
     trainer = make_trainer(model, tok, rl_rows(args.data, args.n, args.seed), args)
-    has_ckpt = os.path.isdir(args.out) and any(d.startswith("checkpoint-") for d in os.listdir(args.out))
-    trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
-    final = os.path.join(args.out, "final")
-    trainer.save_model(final)
-    tok.save_pretrained(final)
-    with open(os.path.join(args.out, "rl_args.json"), "w") as f:
-        json.dump(asdict(args), f, indent=1)
-    return final
+    return train_and_save(trainer, tok, args, resume, "rl")

@@ -10,12 +10,14 @@
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from trl import SFTConfig, SFTTrainer
+
+from .data import read_records
+from .trl_stage import load_with_tokenizer, train_and_save
 
 
 @dataclass
@@ -62,26 +64,22 @@ def rows_from(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
                  "completion": [{"role": "assistant", "content": p.solution or f"\\boxed{{{p.answer}}}"}],
                  "answer": p.answer} for p in load_tasks(data, n=n, seed=seed)]
     rows = []
-    with open(data) as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            if "messages" in r:
-                msgs = r["messages"]
-                last = max((j for j, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
-                if last is None:
-                    raise ValueError(f"{data} row {i}: 'messages' has no assistant message")
-                rows.append({"prompt": msgs[:last], "completion": [msgs[last]]})
-            elif "prompt" in r and "completion" in r:
-                wrap = lambda v, role: v if isinstance(v, list) else [{"role": role, "content": v}]  # noqa: E731
-                rows.append({"prompt": wrap(r["prompt"], "user"), "completion": wrap(r["completion"], "assistant")})
-            elif ("problem" in r or "question" in r) and "solution" in r:
-                rows.append({"prompt": [{"role": "user", "content": r.get("problem") or r["question"]}],
-                             "completion": [{"role": "assistant", "content": r["solution"]}]})
-            else:
-                raise ValueError(f"{data} row {i}: needs 'messages', 'prompt'+'completion' or 'problem'+'solution'; "
-                                 f"has {sorted(r)}")
+    for i, r in enumerate(read_records(data)):
+        if "messages" in r:
+            msgs = r["messages"]
+            last = max((j for j, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
+            if last is None:
+                raise ValueError(f"{data} row {i}: 'messages' has no assistant message")
+            rows.append({"prompt": msgs[:last], "completion": [msgs[last]]})
+        elif "prompt" in r and "completion" in r:
+            wrap = lambda v, role: v if isinstance(v, list) else [{"role": role, "content": v}]  # noqa: E731
+            rows.append({"prompt": wrap(r["prompt"], "user"), "completion": wrap(r["completion"], "assistant")})
+        elif ("problem" in r or "question" in r) and "solution" in r:
+            rows.append({"prompt": [{"role": "user", "content": r.get("problem") or r["question"]}],
+                         "completion": [{"role": "assistant", "content": r["solution"]}]})
+        else:
+            raise ValueError(f"{data} row {i}: needs 'messages', 'prompt'+'completion' or 'problem'+'solution'; "
+                             f"has {sorted(r)}")
     return rows[:n] if n is not None else rows
 
 
@@ -136,8 +134,6 @@ def make_trainer(model, tokenizer, rows: list[dict], args: SFTArgs, teacher=None
     from datasets import Dataset
     if not rows:
         raise ValueError("SFT needs at least one row")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     return HybridSFTTrainer(model=model, args=sft_config(args), train_dataset=ds, processing_class=tokenizer,
                             teacher=teacher, kl_weight=args.kl_weight)
@@ -147,18 +143,7 @@ def run_sft(args: SFTArgs, resume: bool = False) -> str:
     """Train, save the final model (+ tokenizer) to `args.out`/final, return that path. Resumable from the last
     checkpoint in `args.out` (Trainer checkpoints every save_steps)."""
     from hybrid import load_pretrained
-    model, tok = load_pretrained(args.model)
-    if tok is None:
-        raise ValueError(f"{args.model} has no tokenizer")
+    model, tok = load_with_tokenizer(args.model)
     teacher = load_pretrained(args.teacher)[0] if args.teacher else None
-    rows = rows_from(args.data, args.n, args.seed)
-    trainer = make_trainer(model, tok, rows, args, teacher)
-    has_ckpt = resume and any(d.startswith("checkpoint-") for d in os.listdir(args.out)) if os.path.isdir(args.out) \
-        else False
-    trainer.train(resume_from_checkpoint=True if has_ckpt else None)
-    final = os.path.join(args.out, "final")
-    trainer.save_model(final)
-    tok.save_pretrained(final)
-    with open(os.path.join(args.out, "sft_args.json"), "w") as f:
-        json.dump(asdict(args), f, indent=1)
-    return final
+    trainer = make_trainer(model, tok, rows_from(args.data, args.n, args.seed), args, teacher)
+    return train_and_save(trainer, tok, args, resume, "sft")
