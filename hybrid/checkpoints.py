@@ -16,7 +16,7 @@ import logging
 import os
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .config import HybridConfig
 from .modeling import HybridForCausalLM

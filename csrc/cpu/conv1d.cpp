@@ -8,6 +8,8 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "../checks.h"
+
 #include <cmath>
 #include <vector>
 
@@ -74,19 +76,13 @@ torch::Tensor causal_conv1d_cpu(torch::Tensor x, torch::Tensor weight, c10::opti
                 "initial_state must be [", batch, ", ", C, ", ", K - 1, "], got ", initial_state->sizes());
     init_f = initial_state->to(at::kFloat).contiguous();
   }
-  if (seq_idx.has_value()) {
-    TORCH_CHECK(seq_idx->dim() == 2 && seq_idx->size(0) == batch && seq_idx->size(1) == T, "seq_idx must be [",
-                batch, ", ", T, "], got ", seq_idx->sizes());
-    TORCH_CHECK(!at::isFloatingType(seq_idx->scalar_type()), "seq_idx must be an integer tensor, got ",
-                seq_idx->scalar_type());
-    seq_l = seq_idx->to(at::kLong).contiguous();
-  }
+  seq_l = hybrid_checks::seq_idx_long(seq_idx, batch, T);
   auto wT = weight.to(at::kFloat).t().contiguous();  // [K, C]: tap-major, channels contiguous
   auto y = torch::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "causal_conv1d_cpu", [&] {
     conv_kernel<scalar_t>(x.data_ptr<scalar_t>(), wT.data_ptr<float>(), bias.has_value() ? b_f.data_ptr<float>() : nullptr,
                           initial_state.has_value() ? init_f.data_ptr<float>() : nullptr,
-                          seq_idx.has_value() ? seq_l.data_ptr<int64_t>() : nullptr, y.data_ptr<scalar_t>(), batch,
+                          hybrid_checks::ptr_or_null(seq_l), y.data_ptr<scalar_t>(), batch,
                           T, C, K, silu);
   });
   return y;

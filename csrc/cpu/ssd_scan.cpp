@@ -11,6 +11,8 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "../checks.h"
+
 #include <cmath>
 #include <vector>
 
@@ -98,13 +100,7 @@ std::vector<torch::Tensor> ssd_scan_cpu(torch::Tensor x, torch::Tensor dt, torch
                 "initial_state must be [", batch, ", ", H, ", ", P, ", ", N, "], got ", initial_state->sizes());
     init_f = initial_state->to(at::kFloat).contiguous();
   }
-  if (seq_idx.has_value()) {
-    TORCH_CHECK(seq_idx->dim() == 2 && seq_idx->size(0) == batch && seq_idx->size(1) == T, "seq_idx must be [",
-                batch, ", ", T, "], got ", seq_idx->sizes());
-    TORCH_CHECK(!at::isFloatingType(seq_idx->scalar_type()), "seq_idx must be an integer tensor, got ",
-                seq_idx->scalar_type());
-    seq_l = seq_idx->to(at::kLong).contiguous();
-  }
+  seq_l = hybrid_checks::seq_idx_long(seq_idx, batch, T);
   TORCH_CHECK(dt.device().is_cpu(), "ssd_scan_cpu takes CPU tensors");
   auto dt_f = dt.to(at::kFloat).contiguous();
   auto A_f = A.to(at::kFloat).contiguous();
@@ -116,7 +112,7 @@ std::vector<torch::Tensor> ssd_scan_cpu(torch::Tensor x, torch::Tensor dt, torch
                           B.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
                           D.has_value() ? D_f.data_ptr<float>() : nullptr,
                           initial_state.has_value() ? init_f.data_ptr<float>() : nullptr,
-                          seq_idx.has_value() ? seq_l.data_ptr<int64_t>() : nullptr, y.data_ptr<scalar_t>(),
+                          hybrid_checks::ptr_or_null(seq_l), y.data_ptr<scalar_t>(),
                           final_state.data_ptr<float>(), batch, T, H, P, G, N);
   });
   return {y, final_state};

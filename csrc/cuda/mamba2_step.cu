@@ -1,21 +1,10 @@
 // Fused Mamba2 decode step on CUDA: the same computation as csrc/cpu/mamba2_step.cpp (see there).
 // Plain CUDA C++ with a pointer-level launcher, so that it compiles with nvcc alone (CI compiles it on machines
 // without a GPU); the torch binding that calls the launcher is built only when torch has CUDA.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <cstdint>
+#include "common.cuh"
 
 namespace {
-
-__device__ inline float to_f(float v) { return v; }
-__device__ inline float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ inline float to_f(__half v) { return __half2float(v); }
-template <typename T> __device__ inline T from_f(float v);
-template <> __device__ inline float from_f<float>(float v) { return v; }
-template <> __device__ inline __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <> __device__ inline __half from_f<__half>(float v) { return __float2half(v); }
+using namespace hybrid_cuda;
 
 // One thread per (row, channel): advance the conv state in place, write silu(conv) to act (fp32).
 template <typename T>
@@ -86,14 +75,7 @@ int mamba2_step_cuda_launch(int dtype, const void* xBC, void* conv_state, const 
                             const void* dt_raw, const float* dt_bias, const float* A, const float* D, float* ssm,
                             void* y, float* act, int64_t batch, int64_t channels, int64_t K, int64_t H, int64_t kv,
                             int64_t P, int64_t N, int64_t d_xb, cudaStream_t stream) {
-  switch (dtype) {
-    case 0: launch<float>(xBC, conv_state, w, bias, dt_raw, dt_bias, A, D, ssm, y, act, batch, channels, K, H, kv, P,
-                          N, d_xb, stream); break;
-    case 1: launch<__nv_bfloat16>(xBC, conv_state, w, bias, dt_raw, dt_bias, A, D, ssm, y, act, batch, channels, K, H,
-                                  kv, P, N, d_xb, stream); break;
-    case 2: launch<__half>(xBC, conv_state, w, bias, dt_raw, dt_bias, A, D, ssm, y, act, batch, channels, K, H, kv, P,
-                           N, d_xb, stream); break;
-    default: return static_cast<int>(cudaErrorInvalidValue);
-  }
+  HYBRID_DISPATCH(dtype, launch<T>(xBC, conv_state, w, bias, dt_raw, dt_bias, A, D, ssm, y, act, batch, channels, K,
+                                    H, kv, P, N, d_xb, stream))
   return static_cast<int>(cudaGetLastError());
 }

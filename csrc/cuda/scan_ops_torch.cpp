@@ -3,6 +3,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/extension.h>
 
+#include "../checks.h"
+
 int ssd_scan_cuda_launch(int dtype, const void* x, const float* dt, const float* A, const void* B, const void* C,
                          const float* D, const float* init, const int64_t* seq, void* y, float* final_state,
                          int64_t batch, int64_t T_len, int64_t H, int64_t P, int64_t G, int64_t N,
@@ -29,12 +31,8 @@ const float* ptr_or_null(const c10::optional<torch::Tensor>& t, torch::Tensor& k
   return keep.data_ptr<float>();
 }
 const int64_t* seq_ptr(const c10::optional<torch::Tensor>& t, torch::Tensor& keep, int64_t batch, int64_t T) {
-  if (!t.has_value()) return nullptr;
-  TORCH_CHECK(t->dim() == 2 && t->size(0) == batch && t->size(1) == T, "seq_idx must be [", batch, ", ", T,
-              "], got ", t->sizes());
-  TORCH_CHECK(!at::isFloatingType(t->scalar_type()), "seq_idx must be an integer tensor, got ", t->scalar_type());
-  keep = t->to(at::kLong).contiguous();
-  return keep.data_ptr<int64_t>();
+  keep = hybrid_checks::seq_idx_long(t, batch, T);
+  return hybrid_checks::ptr_or_null(keep);
 }
 }  // namespace
 

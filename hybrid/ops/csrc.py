@@ -17,6 +17,16 @@ CUDA_SOURCES = ["cuda/mamba2_step.cu", "cuda/mamba2_step_torch.cpp", "cuda/ssd_s
 _state: dict = {}
 
 
+def _digest() -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(CSRC)):
+        for name in sorted(files):
+            with open(os.path.join(root, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    return h.hexdigest()[:16]
+
+
 def extension():
     if "module" in _state:
         return _state["module"]
@@ -33,6 +43,9 @@ def extension():
         # relied on); -fopenmp: at::parallel_for is inlined OpenMP and runs serially without it.
         flags = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
         flags += ["-DWITH_CUDA"] if cuda else []
+        # torch rebuilds when a listed source or a flag changes, not when a header does: a digest of every file in
+        # csrc/ as a flag makes header edits rebuild too
+        flags += [f"-DHYBRID_CSRC_DIGEST={_digest()}"]
         module = load(name="hybrid_C_cuda" if cuda else "hybrid_C", sources=paths, extra_cflags=flags,
                       extra_cuda_cflags=["-O3"], extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # noqa: BLE001 - any build failure means: use the PyTorch path
