@@ -201,3 +201,24 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
     for label, rows in curves.items():
         print(label, [(r["budget_s"], r["k"], round(r["coverage"], 3), r["majority"]) for r in rows])
     return result
+
+
+def run_accuracy(spec: str, problems, samples: int, out: str, tasks: str = "", batch_size: int = 16,
+                 **sampling) -> dict:
+    """Sample `samples` completions per problem from model `spec`, score them (pass@1 with its standard error,
+    pass@k and maj@k for k = 1, 2, 4, ... up to samples) and write out/eval.json (+ completions and problems)."""
+    import json
+    import os
+
+    from .bench import load_spec
+    model, tok, label = load_spec(spec, need_tokenizer=True)
+    comps, secs, tokens = sample_completions(model, tok, problems, samples, batch_size=batch_size, **sampling)
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples} | {samples})
+    result = {"model": label, "tasks": tasks, "samples": samples, "seconds": secs, "tokens": tokens,
+              **score(problems, comps, ks)}
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "eval.json")
+    with open(path + ".tmp", "w") as f:  # whole or absent: an interrupted run never leaves half a file behind
+        json.dump({**result, "completions": comps, "problems": [p.to_dict() for p in problems]}, f)
+    os.replace(path + ".tmp", path)
+    return result

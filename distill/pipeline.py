@@ -106,22 +106,15 @@ class Stages:
 
 
 def _evaluate(spec: str, bench: BenchRecipe, out: str) -> dict:
-    from .bench import load_spec
-    from .evaluate import sample_completions, score
+    """Held-out accuracy of one checkpoint (cached in out/eval.json, so a resumed run does not redo it)."""
+    from .evaluate import run_accuracy
     from .tasks import load_tasks
     path = os.path.join(out, "eval.json")
     if os.path.isfile(path):
         return json.load(open(path))
-    problems = load_tasks(bench.tasks, n=bench.n, seed=bench.seed)
-    model, tok, _ = load_spec(spec, need_tokenizer=True)
-    comps, secs, tokens = sample_completions(model, tok, problems, bench.samples, max_new_tokens=bench.max_new_tokens,
-                                             temperature=bench.temperature, top_p=bench.top_p, seed=bench.seed)
-    ks = sorted({1, bench.samples})
-    result = {"model": spec, "seconds": secs, "tokens": tokens, **score(problems, comps, ks)}
-    os.makedirs(out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({**result, "completions": comps}, f)
-    return result
+    return run_accuracy(spec, load_tasks(bench.tasks, n=bench.n, seed=bench.seed), bench.samples, out,
+                        tasks=bench.tasks, max_new_tokens=bench.max_new_tokens, temperature=bench.temperature,
+                        top_p=bench.top_p, seed=bench.seed)
 
 
 def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_after: tuple | None = None) -> dict:
@@ -183,8 +176,8 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
             problems = load_tasks(b.tasks, n=b.n, seed=b.seed)
             run_time_budget([final["teacher"], final["hybrid"]], problems, b.samples, b.budgets,
                             b.batch_candidates, os.path.join(out, "bench"),
-                            title=f"{b.tasks}, {len(problems)} problems", tasks=b.tasks, max_new_tokens=b.max_new_tokens, temperature=b.temperature,
-                            top_p=b.top_p, seed=b.seed)
+                            title=f"{b.tasks}, {len(problems)} problems", tasks=b.tasks,
+                            max_new_tokens=b.max_new_tokens, temperature=b.temperature, top_p=b.top_p, seed=b.seed)
         elif stage == "report":
             write_report(recipe, out, stages.done, models)
         stages.finish(stage, time.perf_counter() - t0, **extra)
