@@ -30,5 +30,6 @@ setup(
         "dev": ["pytest>=8", "matplotlib", "nbclient", "nbformat", "ipykernel"],
         "eval": ["lm_eval>=0.4.5"],
     },
-    entry_points={"console_scripts": ["hybrid-distill=distill.cli:main"]},
+    entry_points={"console_scripts": ["hybrid-distill=distill.cli:main"],
+                  "vllm.general_plugins": ["hybrid_distill = hybrid.vllm_plugin:register"]},
 )

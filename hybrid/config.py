@@ -149,6 +149,15 @@ class HybridConfig(PretrainedConfig):
         return self.mamba_norm_eps if self.mamba_norm_eps is not None else self.teacher_config.rms_norm_eps
 
     @property
+    def max_position_embeddings(self) -> int | None:
+        return getattr(self.teacher_config, "max_position_embeddings", None)
+
+    @property
+    def layers_block_type(self) -> list[str]:
+        """"attention" or "mamba" per layer: the spelling serving engines (vLLM) count hybrid layers by."""
+        return ["attention" if kind == "attention" else "mamba" for kind in self.layer_types]
+
+    @property
     def attention_layers(self) -> list[int]:
         return [i for i, kind in enumerate(self.layer_types) if kind == "attention"]
 

@@ -77,6 +77,26 @@ def _expand_kv(rows: torch.Tensor, n_kv: int, repeat: int) -> torch.Tensor:
                                                                                           *rows.shape[1:])
 
 
+def expand_mamba2(cfg, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One Mamba2 mixer's tensors (names relative to the mixer) with GQA-grouped x and B expanded to every head.
+
+    in_proj rows [z, x (d_xb), B (d_xb), C, dt] become [z, x (d_inner), B (d_inner), C, dt]; the conv's x and B
+    channels (and bias) likewise. Exact: a repeated row computes the repeated output. The result is the layout of a
+    Mamba2 mixer with n_groups = n_heads (GraniteMoeHybrid, vLLM's MambaMixer2).
+    """
+    H, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    r = H // kv
+    di, dxb = cfg.d_inner, cfg.d_xb
+    out = dict(weights)
+    z, x, B, C, dt = torch.split(weights["in_proj.weight"], [di, dxb, dxb, di, H], 0)
+    out["in_proj.weight"] = torch.cat([z, _expand_kv(x, kv, r), _expand_kv(B, kv, r), C, dt], 0)
+    for n in ("conv1d.weight", "conv1d.bias"):
+        if n in weights:
+            cx, cB, cC = torch.split(weights[n], [dxb, dxb, di], 0)
+            out[n] = torch.cat([_expand_kv(cx, kv, r), _expand_kv(cB, kv, r), cC], 0)
+    return out
+
+
 @torch.no_grad()
 def granite_state_dict(model) -> dict[str, torch.Tensor]:
     cfg = model.config
@@ -84,9 +104,6 @@ def granite_state_dict(model) -> dict[str, torch.Tensor]:
     out = {"model.embed_tokens.weight": sd["model.embed_tokens.weight"], "model.norm.weight": sd["model.norm.weight"]}
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
-    H, kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    r = H // kv
-    di, dxb = cfg.d_inner, cfg.d_xb
     for i, kind in enumerate(cfg.layer_types):
         p = q = f"model.layers.{i}."
         for n in ("input_layernorm", "post_attention_layernorm"):
@@ -104,16 +121,9 @@ def granite_state_dict(model) -> dict[str, torch.Tensor]:
                     out[a + f"{n}_proj.bias"] = sd.get(a + f"{n}_proj.bias", torch.zeros_like(w[:, 0]))
             continue
         m = p + "mamba."
-        z, x, B, C, dt = torch.split(sd[m + "in_proj.weight"], [di, dxb, dxb, di, H], 0)
-        out[m + "in_proj.weight"] = torch.cat([z, _expand_kv(x, kv, r), _expand_kv(B, kv, r), C, dt], 0)
-        cw = sd[m + "conv1d.weight"]
-        cx, cB, cC = torch.split(cw, [dxb, dxb, di], 0)
-        out[m + "conv1d.weight"] = torch.cat([_expand_kv(cx, kv, r), _expand_kv(cB, kv, r), cC], 0)
-        if m + "conv1d.bias" in sd:
-            bx, bB, bC = torch.split(sd[m + "conv1d.bias"], [dxb, dxb, di], 0)
-            out[m + "conv1d.bias"] = torch.cat([_expand_kv(bx, kv, r), _expand_kv(bB, kv, r), bC], 0)
-        for n in ("dt_bias", "A_log", "D", "norm.weight", "out_proj.weight"):
-            out[m + n] = sd[m + n]
+        names = ["in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight"]
+        names += ["conv1d.bias"] if m + "conv1d.bias" in sd else []
+        out.update({m + n: w for n, w in expand_mamba2(cfg, {n: sd[m + n] for n in names}).items()})
     return out
 
 
