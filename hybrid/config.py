@@ -114,6 +114,10 @@ class HybridConfig(PretrainedConfig):
     def tie_word_embeddings(self) -> bool:
         return bool(getattr(self.teacher_config, "tie_word_embeddings", False))
 
+    @tie_word_embeddings.setter
+    def tie_word_embeddings(self, value: bool) -> None:  # loaders (vLLM) untie when the file has an lm_head
+        self.teacher_config.tie_word_embeddings = bool(value)
+
     @property
     def num_attention_heads(self) -> int:
         return self.teacher_config.num_attention_heads

@@ -19,7 +19,12 @@ from transformers import MODEL_MAPPING, AutoConfig, AutoModelForCausalLM, Genera
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
+try:
+    from transformers.modeling_utils import slice_logits_to_keep
+except ImportError:  # transformers < 5.21 (the range vLLM 0.33 pins)
+    def slice_logits_to_keep(hidden_states, logits_to_keep):
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return hidden_states[:, keep]
 
 from .cache import HybridCache, teacher_attention_kinds
 from .config import HybridConfig

@@ -7,6 +7,10 @@
   for that teacher;
 - Mamba2 layers are vLLM's MambaMixer2 with n_groups = n_heads; GQA-grouped x and B are expanded on load exactly as
   the GraniteMoeHybrid export does (`hybrid.export.expand_mamba2`); the gated-norm eps is the hybrid's own;
+- decode steps use vLLM's Triton `selective_state_update` directly (the multi-head form with per-channel decays that
+  the Mamba1 layout needs), so `--mamba-backend` does not apply to Mamba1 layers; the model is not wrapped for
+  torch.compile (no piecewise CUDA graphs), and pipeline parallelism is not declared; vLLM's default max_model_len
+  is the teacher's max_position_embeddings, unscaled by RoPE scaling (pass --max-model-len for longer);
 - Mamba1 layers (MambaInLlama / M1 layout: x, z, B, C, dt projected from the layer input, B and C per group of N
   channels) are `GroupedMamba1Mixer` below, on vLLM's causal-conv1d and selective-scan kernels (see
   `hybrid.vllm_plugin` for the layout);
@@ -17,6 +21,7 @@ state per model), Mamba1 layers with tensor parallelism, teachers of other famil
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from itertools import islice
 
@@ -54,6 +59,7 @@ from vllm.sequence import IntermediateTensors
 from vllm.utils.torch_utils import _encode_layer_name
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
+from .cache import teacher_attention_kinds
 from .export import expand_mamba2
 from .vllm_plugin import mamba1_inputs, mamba1_scan_args, mamba1_step_args
 
@@ -70,21 +76,31 @@ def mixer_kind(config) -> str:
 
 
 def attention_decoder_layer(vllm_config: VllmConfig, teacher, prefix: str) -> nn.Module:
-    """vLLM's decoder layer of the teacher's family, built from the teacher config."""
+    """vLLM's decoder layer of the teacher's family, built from the teacher config, with the teacher's sliding
+    window on the layers that slide (vLLM only reads windows from the top-level config, which has none)."""
     kind = teacher.model_type
+    i = int(prefix.rsplit(".", 1)[1])
+    sliding = teacher_attention_kinds(teacher)[i] == "sliding_attention"
     if kind in ("llama", "mistral"):
         if kind == "llama":
             from vllm.model_executor.models.llama import LlamaDecoderLayer as Layer
         else:
             from vllm.model_executor.models.mistral import MistralDecoderLayer as Layer
-        return Layer(vllm_config=vllm_config, prefix=prefix, config=teacher)
-    if kind in ("qwen2", "qwen3"):
-        if kind == "qwen2":
-            from vllm.model_executor.models.qwen2 import Qwen2DecoderLayer as Layer
-        else:
-            from vllm.model_executor.models.qwen3 import Qwen3DecoderLayer as Layer
-        return Layer(config=teacher, cache_config=vllm_config.cache_config, quant_config=vllm_config.quant_config,
-                     prefix=prefix)
+        config = copy.copy(teacher)  # LlamaAttention takes its window from layer_types[layer index]
+        config.layer_types = teacher_attention_kinds(teacher)
+        return Layer(vllm_config=vllm_config, prefix=prefix, config=config)
+    if kind == "qwen2":
+        if sliding:
+            raise ValueError(f"attention layer {i} of the qwen2 teacher uses a sliding window, which vLLM's Qwen2 "
+                             "layer cannot be given per layer")
+        from vllm.model_executor.models.qwen2 import Qwen2DecoderLayer
+        return Qwen2DecoderLayer(config=teacher, cache_config=vllm_config.cache_config,
+                                 quant_config=vllm_config.quant_config, prefix=prefix)
+    if kind == "qwen3":
+        from vllm.model_executor.models.qwen3 import Qwen3DecoderLayer
+        return Qwen3DecoderLayer(config=teacher, cache_config=vllm_config.cache_config,
+                                 quant_config=vllm_config.quant_config, prefix=prefix,
+                                 per_layer_sliding_window=teacher.sliding_window if sliding else None)
     raise ValueError(f"teacher model_type={kind!r}: the vLLM plugin serves llama, mistral, qwen2 and qwen3 teachers")
 
 

@@ -66,6 +66,9 @@ def test_config_fields_vllm_reads():
     assert cfg.layers_block_type == ["mamba", "attention", "mamba", "attention"]
     assert cfg.max_position_embeddings == 1024
     assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 4, 2)
+    assert not cfg.tie_word_embeddings
+    cfg.tie_word_embeddings = True  # loaders set it (vLLM unties a tied config whose file has an lm_head)
+    assert cfg.tie_word_embeddings and cfg.teacher_config.tie_word_embeddings
 
 
 @torch.no_grad()
