@@ -101,8 +101,10 @@ def cmd_run(args) -> int:
     out = args.out or os.path.join("runs", os.path.basename(os.path.abspath(args.recipe)) +
                                    (f"-{args.profile}" if args.profile else ""))
     run_pipeline(recipe, out, resume=args.resume)
-    print(open(os.path.join(out, "report.md")).read())
-    print(f"-> {out}/report.md")
+    from .train import process_state
+    if process_state().is_main_process:
+        print(open(os.path.join(out, "report.md")).read())
+        print(f"-> {out}/report.md")
     return 0
 
 

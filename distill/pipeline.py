@@ -93,12 +93,14 @@ def load_pipeline(folder: str, profile: str | None = None, overrides=()) -> Pipe
 class Stages:
     """OUT/stages.json: finished stages with their wall seconds; written atomically after each stage."""
 
-    def __init__(self, out: str):
-        self.path = os.path.join(out, "stages.json")
+    def __init__(self, out: str, write: bool = True):
+        self.path, self.write = os.path.join(out, "stages.json"), write
         self.done = json.load(open(self.path)) if os.path.isfile(self.path) else {}
 
     def finish(self, stage: str, seconds: float, **extra):
         self.done[stage] = {"seconds": seconds, **extra}
+        if not self.write:
+            return
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.done, f, indent=1)
@@ -120,15 +122,19 @@ def _evaluate(spec: str, bench: BenchRecipe, out: str) -> dict:
 def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_after: tuple | None = None) -> dict:
     """Run every stage not yet finished; returns report.json's content. stop_after=("distill", k) simulates an
     interruption after k optimizer steps of the distill stage's first training phase (tests)."""
+    from .train import process_state
+    state = process_state()  # under `accelerate launch`: all ranks train; rank 0 evaluates and writes
     if os.path.isfile(os.path.join(out, "stages.json")) and not resume:
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    state.wait_for_everyone()  # every rank has checked before rank 0 can write stages.json
     os.makedirs(out, exist_ok=True)
-    stages = Stages(out)
+    stages = Stages(out, write=state.is_main_process)
     teacher = recipe.distill.teacher
     hybrid = os.path.join(out, "distill", "final")
     models = {"teacher": {"base": teacher}, "hybrid": {"base": hybrid}}
     todo = [s for s in STAGES if s not in stages.done]
-    bar = tqdm(total=len(STAGES), initial=len(STAGES) - len(todo), desc="pipeline", unit="stage")
+    bar = tqdm(total=len(STAGES), initial=len(STAGES) - len(todo), desc="pipeline", unit="stage",
+               disable=not state.is_main_process)
     for stage in STAGES:
         who = stage.split("-", 1)[1] if "-" in stage else None
         kind = stage.split("-")[0]
@@ -160,6 +166,8 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
                 else:
                     from .rl import run_rl
                     run_rl(cfg, resume=True)
+        elif not state.is_main_process:
+            pass  # eval, bench and report run on rank 0 alone (one set of numbers, no two writers)
         elif stage == "eval":
             for who_, ckpts in models.items():
                 for step, spec in ckpts.items():
@@ -180,6 +188,7 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
                             max_new_tokens=b.max_new_tokens, temperature=b.temperature, top_p=b.top_p, seed=b.seed)
         elif stage == "report":
             write_report(recipe, out, stages.done, models)
+        state.wait_for_everyone()
         stages.finish(stage, time.perf_counter() - t0, **extra)
         bar.update(1)
     bar.close()

@@ -20,7 +20,6 @@ import time
 
 import torch
 import yaml
-from accelerate import PartialState
 
 from hybrid import load_pretrained
 from hybrid.checkpoints import load_hybrid
@@ -33,7 +32,7 @@ from .init import hybridize
 from .kd import kd_loss_step, set_trainable
 from .recipe import DistillRecipe, recipe_to_dict
 from .select import Selection, SelectContext, save_selection, select
-from .train import Trainer, TrainArgs
+from .train import Trainer, TrainArgs, process_state
 
 
 def _train_args(stage_recipe) -> TrainArgs:
@@ -83,7 +82,7 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
                 stop_after: int | None = None) -> dict:
     """Run the schedule; returns the summary. `teacher`/`tok` may be passed in (tests); `stop_after` simulates an
     interruption inside the first training phase that runs."""
-    state = PartialState()  # under `accelerate launch`: rank 0 writes files, every rank trains
+    state = process_state()  # under `accelerate launch`: rank 0 writes files, every rank trains
     os.makedirs(out, exist_ok=True)
     if not resume and os.path.exists(os.path.join(out, "progress.json")):
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")

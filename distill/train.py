@@ -93,6 +93,13 @@ def _set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def process_state():
+    """accelerate's process state; on a machine without CUDA it joins the CPU (gloo) group that `accelerate launch
+    --multi_gpu` starts, which a bare PartialState() would not (each process would think it is alone)."""
+    from accelerate import PartialState
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 class Trainer:
     """Trains the parameters of `module` that require grad.
 

@@ -23,8 +23,10 @@ def train_and_save(trainer, tokenizer, args, resume: bool, name: str) -> str:
     has_ckpt = os.path.isdir(args.out) and any(d.startswith("checkpoint-") for d in os.listdir(args.out))
     trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
     final = os.path.join(args.out, "final")
-    trainer.save_model(final)
-    tokenizer.save_pretrained(final)
-    with open(os.path.join(args.out, f"{name}_args.json"), "w") as f:
-        json.dump(asdict(args), f, indent=1)
+    trainer.save_model(final)  # every rank calls it (it gathers sharded weights); rank 0 writes
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(final)
+        with open(os.path.join(args.out, f"{name}_args.json"), "w") as f:
+            json.dump(asdict(args), f, indent=1)
+    trainer.accelerator.wait_for_everyone()
     return final

@@ -98,3 +98,28 @@ def test_every_recipe_validates_and_broken_ones_name_file_key_value(tmp_path):
         validate_recipe(str(bad))
     with pytest.raises(ValueError, match="profile 'nope'"):
         load_pipeline(folders[0], profile="nope")
+
+
+@pytest.mark.slow
+def test_pipeline_under_two_processes(tmp_path):
+    """`accelerate launch` with two processes (gloo on the CPU): training stages run data-parallel, rank 0 alone
+    evaluates, benchmarks and writes; the report is complete."""
+    import subprocess
+    import sys
+    folder = tiny_recipe(tmp_path)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "-m", "distill.cli", "run", folder, "--profile", "quick", "--out", str(out)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count(f"-> {out}/report.md") == 1  # one rank reports
+    assert list(json.loads((out / "stages.json").read_text())) == ["distill", "sft-teacher", "sft-hybrid",
+                                                                   "rl-teacher", "rl-hybrid", "eval", "bench",
+                                                                   "report"]
+    assert "## Time per stage" in (out / "report.md").read_text()
+    # SFT saw 2 rows per process per step: 2 steps over 6 rows is one epoch with two processes (2/3 with one)
+    last = max(glob.glob(str(out / "sft-hybrid" / "checkpoint-*")), key=lambda d: int(d.rsplit("-", 1)[1]))
+    state = json.loads(open(os.path.join(last, "trainer_state.json")).read())
+    assert state["epoch"] == pytest.approx(1.0)
