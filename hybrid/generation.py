@@ -163,10 +163,15 @@ _CONFIG_FIELDS_OK = ENGINE_KWARGS | {"bos_token_id", "disable_compile", "use_cac
                                      "_from_model_config"}
 
 
+# Fields that change nothing at these values (TRL's GRPO sets repetition_penalty=1.0 explicitly).
+_NEUTRAL = {"repetition_penalty": 1.0, "num_beams": 1, "num_return_sequences": 1, "typical_p": 1.0,
+            "min_p": 0.0, "no_repeat_ngram_size": 0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+
+
 def engine_kwargs_from_config(gc) -> dict | None:
     """The engine kwargs equivalent to GenerationConfig `gc`, or None when it asks for more than the engine does
     (trainers such as TRL's GRPO pass their sampling settings this way)."""
-    diff = gc.to_diff_dict()
+    diff = {k: v for k, v in gc.to_diff_dict().items() if not (k in _NEUTRAL and v in (None, _NEUTRAL[k]))}
     if set(diff) - _CONFIG_FIELDS_OK or gc.max_new_tokens is None or getattr(gc, "cache_implementation", None):
         return None
     keys = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id")

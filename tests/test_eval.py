@@ -216,3 +216,7 @@ def test_generation_config_with_sampling_settings_only_runs_on_the_engine(monkey
     model.generate(ids, attention_mask=mask, generation_config=GenerationConfig(
         max_new_tokens=3, do_sample=False, pad_token_id=0, repetition_penalty=1.3))
     assert not used  # a setting the engine lacks: transformers' generate
+    model.generate(ids, attention_mask=mask, generation_config=GenerationConfig(
+        max_new_tokens=3, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, repetition_penalty=1.0,
+        pad_token_id=0))
+    assert used  # neutral values (as TRL's GRPO sets them) still run on the engine

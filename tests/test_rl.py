@@ -39,11 +39,15 @@ def test_one_grpo_step(monkeypatch, tmp_path):
         captured.update(inputs=inputs, loss=loss.detach())
         return loss
 
+    import hybrid.generation as engine
+    real_generate, engine_calls = engine.generate, []
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: engine_calls.append(1) or real_generate(*a, **k))
     monkeypatch.setattr(model, "forward", spy)
     monkeypatch.setattr(tr, "_compute_loss", capture)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tr.train()
 
+    assert engine_calls, "TRL's rollouts did not run on the decode engine"
     # rollouts: every cached forward after a prefill takes one token (no per-token recomputation of the prefix)
     cached = [n for n, with_cache in calls if with_cache]
     prefills = [i for i, n in enumerate(cached) if n > 1]
