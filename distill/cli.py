@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
     recipe = load_pipeline(args.recipe, profile=args.profile, overrides=args.set or [])
     out = args.out or os.path.join("runs", os.path.basename(os.path.abspath(args.recipe)) +
                                    (f"-{args.profile}" if args.profile else ""))
-    run_pipeline(recipe, out, resume=args.resume)
+    run_pipeline(recipe, out, resume=args.resume, keep_checkpoints=args.keep_checkpoints)
     from .train import process_state
     if process_state().is_main_process:
         print(open(os.path.join(out, "report.md")).read())
@@ -353,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--set", action="append", help="file.key=value override, e.g. sft.max_steps=5 (repeatable)")
     rn.add_argument("--out", default=None, help="run folder (default runs/<recipe>[-<profile>])")
     rn.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
+    rn.add_argument("--keep-checkpoints", action="store_true",
+                    help="keep the resume checkpoints of finished stages (default: delete them, keep final models)")
     rn.set_defaults(func=cmd_run)
 
     for name, what in (("sft", "SFT on reasoning traces (TRL SFTTrainer)"),

@@ -119,9 +119,26 @@ def _evaluate(spec: str, bench: BenchRecipe, out: str) -> dict:
                         top_p=bench.top_p, seed=bench.seed)
 
 
-def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_after: tuple | None = None) -> dict:
+def prune_checkpoints(stage_dir: str) -> int:
+    """Delete the resume checkpoints under a finished stage's folder (TRL's checkpoint-*, the distill trainer's
+    checkpoints/ folders: weights plus optimizer state, about 1.6 GB each at 135M parameters); final models,
+    summaries and logs stay. Returns the number of folders removed."""
+    import shutil
+    removed = 0
+    for root, dirs, _ in os.walk(stage_dir):
+        for d in list(dirs):
+            if d == "checkpoints" or d.startswith("checkpoint-"):
+                shutil.rmtree(os.path.join(root, d))
+                dirs.remove(d)
+                removed += 1
+    return removed
+
+
+def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_after: tuple | None = None,
+                 keep_checkpoints: bool = False) -> dict:
     """Run every stage not yet finished; returns report.json's content. stop_after=("distill", k) simulates an
-    interruption after k optimizer steps of the distill stage's first training phase (tests)."""
+    interruption after k optimizer steps of the distill stage's first training phase (tests). Once a training
+    stage is recorded as finished its resume checkpoints are deleted unless keep_checkpoints."""
     from .train import process_state
     state = process_state()  # under `accelerate launch`: all ranks train; rank 0 evaluates and writes
     if os.path.isfile(os.path.join(out, "stages.json")) and not resume:
@@ -190,6 +207,8 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
             write_report(recipe, out, stages.done, models)
         state.wait_for_everyone()
         stages.finish(stage, time.perf_counter() - t0, **extra)
+        if state.is_main_process and not keep_checkpoints and (stage == "distill" or kind in ("sft", "rl")):
+            prune_checkpoints(os.path.join(out, stage))
         bar.update(1)
     bar.close()
     return json.load(open(os.path.join(out, "report.json")))

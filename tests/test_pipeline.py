@@ -58,6 +58,10 @@ def test_tiny_recipe_runs_end_to_end_and_reports_every_section(tmp_path):
     assert [p["phase"] for p in summary["phases"]] == ["transfer", "align", "kd"]
     import yaml
     assert yaml.safe_load((out / "distill" / "recipe.yaml").read_text())["kd"]["steps"] == 2  # the quick profile
+    # finished stages keep their final models, not their resume checkpoints (weights + optimizer state)
+    left = [d for d in glob.glob(str(out / "**"), recursive=True)
+            if os.path.basename(d) == "checkpoints" or os.path.basename(d).startswith("checkpoint-")]
+    assert not left, left
     # a finished run is never overwritten
     assert main(["run", folder, "--out", str(out)]) == 2
 
@@ -111,7 +115,7 @@ def test_pipeline_under_two_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                        "-m", "distill.cli", "run", folder, "--profile", "quick", "--out", str(out)],
+                        "-m", "distill.cli", "run", folder, "--profile", "quick", "--out", str(out), "--keep-checkpoints"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count(f"-> {out}/report.md") == 1  # one rank reports
