@@ -29,10 +29,10 @@ from hybrid import load_pretrained
 from hybrid.generation import SamplingParams, generate, static_cache
 
 
-def load_spec(spec: str, need_tokenizer: bool = False):
-    """(model, tokenizer, label) for `path[@attn=R]`."""
+def load_spec(spec: str, need_tokenizer: bool = False, dtype=None):
+    """(model, tokenizer, label) for `path[@attn=R]`, in `dtype` (None: as stored, float32 for GGUF)."""
     base, _, opt = spec.partition("@")
-    model, tok = load_pretrained(base)
+    model, tok = load_pretrained(base, dtype=dtype)
     if need_tokenizer and tok is None:
         raise ValueError(f"{base} has no tokenizer; evaluation needs one")
     if opt:
@@ -147,15 +147,17 @@ def environment() -> dict:
 
 
 def run_throughput(specs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline=True, context_batch=16,
-                   context_steps=8, kernels=None) -> dict:
-    """kernels: HYBRID_KERNELS settings to run every hybrid under (e.g. ["torch", "csrc"]); None: as configured."""
+                   context_steps=8, kernels=None, dtype=None) -> dict:
+    """kernels: HYBRID_KERNELS settings to run every hybrid under (e.g. ["torch", "csrc"]); None: as configured.
+    dtype: load every model in this dtype (e.g. "bfloat16"); None: as stored."""
     if kernels:
         runs = []
         for spec in specs:
             runs += [(spec, k) for k in kernels] if "@" in spec or _is_hybrid_path(spec) else [(spec, None)]
-        return _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps)
-    return _run([(s, None) for s in specs], batches, prompt_len, gen_len, contexts, out_dir, hf_baseline,
-                context_batch, context_steps)
+    else:
+        runs = [(s, None) for s in specs]
+    return _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps,
+                dtype)
 
 
 def _is_hybrid_path(spec: str) -> bool:
@@ -163,16 +165,18 @@ def _is_hybrid_path(spec: str) -> bool:
     return os.path.isdir(spec) and is_hybrid_dir(spec)
 
 
-def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps) -> dict:
+def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps,
+         dtype=None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     env = environment()
+    env["dtype"] = dtype or "as stored"
     env["copy_bandwidth_GBps"] = copy_bandwidth() / 1e9
     print("environment:", json.dumps(env))
     rows = []
     for spec, kernels in runs:
         if kernels is not None:
             os.environ["HYBRID_KERNELS"] = kernels
-        model, tok, label = load_spec(spec)
+        model, tok, label = load_spec(spec, dtype=dtype)
         if kernels is not None:
             label = f"{label} [{kernels}]"
         ok = correctness_gate(model, tok)
@@ -183,6 +187,7 @@ def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, con
         time_engine(model, 2, 16, 4)  # warm-up
         for b in batches:
             r = {"model": label, "mode": "generate", "batch": b, "prompt_len": prompt_len, "gen_len": gen_len,
+                 "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                  **time_engine(model, b, prompt_len, gen_len)}
             r["roofline_ms"] = 1000 * step_bytes(model, b, prompt_len + gen_len // 2) / (env["copy_bandwidth_GBps"] * 1e9)
             if hf_baseline and getattr(model.config, "model_type", None) != "hybrid":

@@ -183,7 +183,7 @@ def cmd_bench_throughput(args) -> int:
 
     run_throughput(args.models, args.batch, args.prompt_len, args.gen_len, args.context or [], args.out,
                    hf_baseline=not args.no_hf, context_batch=args.context_batch, context_steps=args.context_steps,
-                   kernels=args.kernels)
+                   kernels=args.kernels, dtype=args.dtype)
     print(f"-> {args.out}/bench.json, bench.csv, bench.png")
     return 0
 
@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--no-hf", action="store_true", help="skip the HF generate() baseline")
     bt.add_argument("--kernels", nargs="+", default=None, choices=["torch", "csrc", "mamba_ssm", "auto"],
                     help="run every hybrid under each HYBRID_KERNELS setting, side by side")
+    bt.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="load every model in this dtype (default: as stored)")
     bt.add_argument("--out", default="runs/bench")
     bt.set_defaults(func=cmd_bench_throughput)
 

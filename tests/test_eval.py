@@ -220,3 +220,20 @@ def test_generation_config_with_sampling_settings_only_runs_on_the_engine(monkey
         max_new_tokens=3, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, repetition_penalty=1.0,
         pad_token_id=0))
     assert used  # neutral values (as TRL's GRPO sets them) still run on the engine
+
+
+def test_bench_throughput_runs_each_kernel_setting_in_the_requested_dtype(tmp_path):
+    import json
+
+    from distill.bench import run_throughput
+    folder = tmp_path / "h"
+    hybridize(tiny_teacher("llama"), [1, 3], chunk_size=16).save_pretrained(folder)
+    run_throughput([str(folder)], [2], 8, 4, [32], str(tmp_path / "bench"), hf_baseline=False, context_steps=2,
+                   kernels=["torch", "csrc"], dtype="bfloat16")
+    result = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert result["environment"]["dtype"] == "bfloat16"
+    rows = result["results"]
+    assert {r["model"].rsplit(" ", 1)[1] for r in rows} == {"[torch]", "[csrc]"}
+    assert all(r.get("gate") != "fail" and r["tpot_ms"] > 0 for r in rows)
+    assert {r["mode"] for r in rows} == {"generate", "context"}
+    assert all(r["dtype"] == "bfloat16" for r in rows if r["mode"] == "generate")
