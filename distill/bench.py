@@ -255,7 +255,10 @@ def plot_throughput(result: dict, path: str) -> None:
     axes[0].set(xlabel="batch", ylabel="output tokens / s", title="generation throughput", xscale="log")
     axes[1].set(xlabel="context length", ylabel="ms per output token", title="decode cost vs context", xscale="log")
     for ax in axes:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:  # e.g. no --context lengths asked for
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="gray")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
