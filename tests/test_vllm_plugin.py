@@ -51,6 +51,10 @@ def ref_state_update(state, x, dt, A, B, C, D, dt_bias, z):
 
 
 def test_entry_point_is_declared():
+    try:
+        importlib.metadata.distribution("hybrid-distill")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the package is not pip-installed here (run from a source tree): no entry points to read")
     eps = importlib.metadata.entry_points(group="vllm.general_plugins")
     assert {ep.name: ep.value for ep in eps}.get("hybrid_distill") == "hybrid.vllm_plugin:register"
 
