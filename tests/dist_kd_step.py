@@ -29,7 +29,9 @@ if trainer.acc.is_main_process:
     model = trainer.acc.unwrap_model(trainer.module)
     checksum = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
     with open(out, "w") as f:
-        json.dump({"loss": rec["loss"], "checksum": checksum, "world": trainer.acc.num_processes}, f)
+        json.dump({"loss": rec["loss"], "checksum": checksum, "world": trainer.acc.num_processes,
+                   "distributed_type": str(trainer.acc.distributed_type),
+                   "sharded": any(type(p).__name__ == "DTensor" for p in model.parameters())}, f)
 trainer.acc.wait_for_everyone()
 if torch.distributed.is_initialized():  # a clean shutdown: gloo's threads otherwise abort the process at exit
     torch.distributed.destroy_process_group()
