@@ -88,7 +88,7 @@ def load_pretrained(spec: str, dtype=None, device=None, tokenizer: bool = True):
         if not os.path.isfile(path):
             raise ValueError(f"GGUF file {path!r} does not exist")
         cached = gguf_cache_dir(path)
-        if not os.path.isfile(os.path.join(cached, "model.safetensors")):
+        if not os.path.isdir(cached):  # the folder appears complete or not at all (renamed into place)
             _convert_gguf(path, cached)
         path = cached
     if os.path.isdir(path) and is_released_dir(path):

@@ -77,6 +77,10 @@ def _expand_kv(rows: torch.Tensor, n_kv: int, repeat: int) -> torch.Tensor:
                                                                                           *rows.shape[1:])
 
 
+MAMBA2_TENSORS = ("in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight")
+"""A Mamba2 mixer's tensors, relative to the mixer (plus conv1d.bias when the conv has one)."""
+
+
 def expand_mamba2(cfg, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One Mamba2 mixer's tensors (names relative to the mixer) with GQA-grouped x and B expanded to every head.
 
@@ -121,8 +125,7 @@ def granite_state_dict(model) -> dict[str, torch.Tensor]:
                     out[a + f"{n}_proj.bias"] = sd.get(a + f"{n}_proj.bias", torch.zeros_like(w[:, 0]))
             continue
         m = p + "mamba."
-        names = ["in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight"]
-        names += ["conv1d.bias"] if m + "conv1d.bias" in sd else []
+        names = list(MAMBA2_TENSORS) + (["conv1d.bias"] if m + "conv1d.bias" in sd else [])
         out.update({m + n: w for n, w in expand_mamba2(cfg, {n: sd[m + n] for n in names}).items()})
     return out
 

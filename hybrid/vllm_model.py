@@ -60,11 +60,8 @@ from vllm.utils.torch_utils import _encode_layer_name
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
 from .cache import teacher_attention_kinds
-from .export import expand_mamba2
+from .export import MAMBA2_TENSORS, expand_mamba2
 from .vllm_plugin import mamba1_inputs, mamba1_scan_args, mamba1_step_args
-
-MAMBA2_NAMES = ("in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight")
-
 
 def mixer_kind(config) -> str:
     """The one recurrent mixer of a hybrid config ("mamba2" or "mamba"); ValueError if none or both."""
@@ -341,7 +338,7 @@ class HybridVLLMForCausalLM(nn.Module, HasInnerState, IsHybrid):
                     head, tail = name.split(".mamba.", 1)
                     layer = pending.setdefault(i, {})
                     layer[tail] = w
-                    if all(n in layer for n in MAMBA2_NAMES) and (not cfg.conv_bias or "conv1d.bias" in layer):
+                    if all(n in layer for n in MAMBA2_TENSORS) and (not cfg.conv_bias or "conv1d.bias" in layer):
                         for n, t in expand_mamba2(cfg, pending.pop(i)).items():
                             put(f"{head}.mamba.{'A' if n == 'A_log' else n}", t)
                     continue

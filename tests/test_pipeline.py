@@ -115,7 +115,8 @@ def test_pipeline_under_two_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                        "-m", "distill.cli", "run", folder, "--profile", "quick", "--out", str(out), "--keep-checkpoints"],
+                        "-m", "distill.cli", "run", folder, "--profile", "quick", "--out", str(out),
+                        "--keep-checkpoints"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count(f"-> {out}/report.md") == 1  # one rank reports

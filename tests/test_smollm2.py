@@ -53,8 +53,8 @@ def test_gguf_conversion_is_cached_and_exact(teacher, tmp_path, monkeypatch):
     model, tok = load_pretrained("smollm2-135m")
     cached = gguf_cache_dir(gguf)
     assert cached.startswith(str(tmp_path)) and os.path.isfile(os.path.join(cached, "model.safetensors"))
-    ref = direct.state_dict()
-    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    ref, got = direct.state_dict(), model.state_dict()
+    assert got.keys() == ref.keys() and all(torch.equal(v, ref[k]) for k, v in got.items())
     chat = [{"role": "user", "content": "What is 12 + 30?"}]
     assert tok.apply_chat_template(chat, add_generation_prompt=True) == direct_tok.apply_chat_template(
         chat, add_generation_prompt=True)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # A hybrid distilled longer than the demo (align 120 steps, KD 150 steps, demo profile otherwise), then the demo
-# SFT, then GRPO at lr 3e-6 (rollouts at temperature 0.7, 40 steps, zero-variance groups dropped); held-out
-# accuracy after SFT and after GRPO on 120 level-1 problems x 4 samples. About 75 min on a 2-core CPU.
-# Usage: longer_hybrid.sh OUT   (default runs/h50-long)
+# SFT, then GRPO at lr 3e-6 (rollouts at temperature 0.7, 40 steps, zero-variance groups dropped) with seeds 0 and
+# 1; held-out accuracy after SFT and after each GRPO run on 120 level-1 problems x 4 samples.
+# About an hour on a 2-core CPU, plus about 20 minutes per GRPO seed beyond the first.
+# Usage: longer_hybrid.sh OUT [SEEDS]   (defaults runs/h50-long, "0 1")
 set -uo pipefail
 X=${1:-runs/h50-long}
+SEEDS=${2:-0 1}
 R=recipes/smollm2-135m
 [ -f $X/distill/final/config.json ] || hybrid-distill distill --config $R/distill.yaml --profile demo \
   --set align.steps=120 --set kd.steps=150 --out $X/distill --resume
@@ -13,7 +15,10 @@ R=recipes/smollm2-135m
 ev() { [ -f "$2/eval.json" ] || hybrid-distill eval --model "$1" --tasks synthetic:test:levels=1 --n 120 \
   --samples 4 --max-new-tokens 64 --temperature 0.7 --out "$2" > /dev/null; }
 ev $X/sft/final $X/eval-sft
-[ -f $X/rl/final/config.json ] || hybrid-distill rl --config $R/rl.yaml --profile demo --set model=$X/sft/final \
-  --set lr=3.0e-6 --set temperature=0.7 --set max_steps=40 --set save_steps=20 \
-  --set drop_zero_variance_groups=true --out $X/rl --resume
-ev $X/rl/final $X/eval-rl
+for s in $SEEDS; do
+  suffix=""; [ "$s" = 0 ] || suffix="-seed$s"
+  [ -f $X/rl$suffix/final/config.json ] || hybrid-distill rl --config $R/rl.yaml --profile demo \
+    --set model=$X/sft/final --set lr=3.0e-6 --set temperature=0.7 --set max_steps=40 --set save_steps=20 \
+    --set drop_zero_variance_groups=true --set seed=$s --out $X/rl$suffix --resume
+  ev $X/rl$suffix/final $X/eval-rl$suffix
+done
