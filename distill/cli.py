@@ -194,6 +194,18 @@ def cmd_eval(args) -> int:
     from .evaluate import run_accuracy
     from .tasks import load_tasks
 
+    if args.mode == "compare":
+        from .evaluate import compare_table, paired_compare
+        if not args.runs or len(args.runs) < 2:
+            raise ValueError(f"eval compare needs --runs BASE OTHER [OTHER ...] (eval.json files or folders), got "
+                             f"{args.runs}")
+        rows = [paired_compare(args.runs[0], other) for other in args.runs[1:]]
+        print(compare_table(rows))
+        if args.out_json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)
+            with open(args.out_json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 0
     if args.mode == "accuracy" and not args.model:
         raise ValueError("eval accuracy needs --model")
     if args.mode == "time-budget" and not args.models:
@@ -333,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     bt.set_defaults(func=cmd_bench_throughput)
 
     e = sub.add_parser("eval", help="task accuracy (pass@1, pass@k, maj@k), or accuracy under time budgets")
-    e.add_argument("mode", nargs="?", choices=["accuracy", "time-budget"], default="accuracy")
+    e.add_argument("mode", nargs="?", choices=["accuracy", "time-budget", "compare"], default="accuracy",
+                   help="compare: paired difference in pass@1 of each --runs entry over the first")
+    e.add_argument("--runs", nargs="+", help="eval.json files or folders (compare): the base first")
+    e.add_argument("--out-json", default=None, help="also write the comparison rows here (compare)")
     e.add_argument("--model", help="model spec (accuracy)")
     e.add_argument("--models", nargs="+", help="model specs (time-budget)")
     e.add_argument("--tasks", default="synthetic:test", help="synthetic:test, a GSM8K/MATH .jsonl, or a HF id")

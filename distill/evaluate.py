@@ -70,6 +70,80 @@ def score(problems, completions: list[list[str]], ks=(1,)) -> dict:
     return out
 
 
+def _load_eval(path: str) -> dict:
+    import json
+    import os
+
+    if os.path.isdir(path):
+        path = os.path.join(path, "eval.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no evaluation at {path!r} (expected an eval.json written by `hybrid-distill eval`)")
+    with open(path) as f:
+        run = json.load(f)
+    for field in ("problems", "completions"):
+        if not isinstance(run.get(field), list):
+            raise ValueError(f"{path}: field {field!r} missing; it is not an eval.json from `hybrid-distill eval`")
+    run["path"] = path
+    return run
+
+
+def _per_problem(run: dict) -> dict[str, float]:
+    """problem id -> fraction of its samples that are correct (re-scored from the stored completions)."""
+    out = {}
+    for p, comps in zip(run["problems"], run["completions"]):
+        if comps:
+            out[str(p["id"])] = sum(is_correct(c, str(p["answer"])) for c in comps) / len(comps)
+    return out
+
+
+def _binom_two_sided(wins: int, losses: int) -> float:
+    """Exact two-sided sign test p-value: P(a count at least as extreme | p = 1/2), ties dropped."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_compare(base: str, other: str) -> dict:
+    """Paired difference in pass@1 of `other` over `base` (eval.json files or their folders) on the problems both
+    evaluated: mean of the per-problem differences, its standard error over problems, a 95 % interval, z and its
+    two-sided normal p-value, and the exact sign test over problems that differ. Pairing removes the spread of
+    problem difficulty, which dominates the unpaired standard errors eval reports."""
+    a_run, b_run = _load_eval(base), _load_eval(other)
+    a, b = _per_problem(a_run), _per_problem(b_run)
+    shared = [i for i in a if i in b]
+    if not shared:
+        raise ValueError(f"{a_run['path']} and {b_run['path']} share no problem ids: evaluate both on the same tasks")
+    d = [b[i] - a[i] for i in shared]
+    n = len(d)
+    mean = sum(d) / n
+    se = (sum((x - mean) ** 2 for x in d) / (n - 1) / n) ** 0.5 if n > 1 else float("nan")
+    if se > 0:
+        z = mean / se
+    else:
+        z = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+    wins, losses = sum(x > 0 for x in d), sum(x < 0 for x in d)
+    return {"base": a_run["path"], "other": b_run["path"], "problems": n,
+            "only_base": len(a) - n, "only_other": len(b) - n,
+            "base_pass@1": sum(a[i] for i in shared) / n, "other_pass@1": sum(b[i] for i in shared) / n,
+            "diff": mean, "diff_se": se, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "z": z,
+            "p_normal": math.erfc(abs(z) / math.sqrt(2)), "better": wins, "worse": losses,
+            "p_sign": _binom_two_sided(wins, losses)}
+
+
+def compare_table(rows: list[dict]) -> str:
+    lines = ["| base | other | problems | base pass@1 | other pass@1 | diff ± s.e. | 95 % CI | z | p | better/worse "
+             "| sign p |", "|" + "---|" * 11]
+    for r in rows:
+        lines.append(f"| {r['base']} | {r['other']} | {r['problems']} | {r['base_pass@1']:.3f} | "
+                     f"{r['other_pass@1']:.3f} | {r['diff']:+.3f} ± {r['diff_se']:.3f} | "
+                     f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {r['z']:.2f} | {r['p_normal']:.3g} | "
+                     f"{r['better']}/{r['worse']} | {r['p_sign']:.3g} |")
+    return "\n".join(lines)
+
+
 def time_budget_curves(seconds_per_sample: dict[str, float], correct: dict[str, list[list[bool]]],
                        majority: dict[str, list[list[str | None]]] | None, golds: list[str],
                        budgets: list[float]) -> dict:

@@ -7,7 +7,8 @@ from helpers import tiny_teacher, tiny_tokenizer
 from transformers import GenerationMixin
 
 from distill import hybridize
-from distill.evaluate import majority_answer, majority_correct, pass_at_k, score, time_budget_curves
+from distill.evaluate import (majority_answer, majority_correct, paired_compare, pass_at_k, score,
+                              time_budget_curves)
 from distill.tasks import Problem, extract_answer, is_correct, load_gsm8k, load_math, synthetic_math
 from hybrid.generation import SamplingParams, generate
 
@@ -84,6 +85,45 @@ def test_majority_vote_groups_equivalents_ignores_garbage_and_breaks_ties_determ
     s = score(probs, [[r"\boxed{7}", r"\boxed{1}"], [r"\boxed{3}", r"\boxed{3}"]], ks=(1, 2))
     assert s["pass@1"] == pytest.approx(0.25) and s["pass@2"] == pytest.approx(0.5) and s["maj@2"] == 0.5
     assert s["pass@1_se"] == pytest.approx(0.25)  # per-problem accuracies 0.5 and 0: std 0.354 / sqrt(2)
+
+
+def _eval_json(path, rows):
+    """An eval.json as `hybrid-distill eval` writes it: rows of (problem id, gold, completions)."""
+    import json
+    path.mkdir(parents=True, exist_ok=True)
+    problems = [Problem(id=i, problem=f"q{i}", answer=g).to_dict() for i, g, _ in rows]
+    (path / "eval.json").write_text(json.dumps({"problems": problems, "completions": [c for _, _, c in rows]}))
+    return str(path)
+
+
+def test_paired_compare_matches_hand_computation(tmp_path, capsys):
+    R, W = r"\boxed{%s}", "garbage }{"
+    base = _eval_json(tmp_path / "a", [("p1", "1", [R % 1, W]), ("p2", "2", [W, R % 5]), ("p3", "3", [R % 3, R % 3]),
+                                       ("p4", "4", [W, W]), ("only-a", "9", [R % 9, W])])
+    other = _eval_json(tmp_path / "b", [("p4", "4", [W, None]), ("p3", "3", [R % 3, "it is 3"]),
+                                        ("p2", "2", [R % 2, W]), ("p1", "1", [R % 1, R % 1])])
+    r = paired_compare(base, str(tmp_path / "b" / "eval.json"))
+    # per problem: base (.5, 0, 1, 0), other (1, .5, 1, 0): d = (.5, .5, 0, 0), mean .25,
+    # s.e. = sqrt(4 * .25**2 / 3 / 4) = .1443, z = 1.732, sign test: 2 better, 0 worse -> p = 2 * 1/4
+    assert (r["problems"], r["only_base"], r["only_other"]) == (4, 1, 0)
+    assert r["base_pass@1"] == pytest.approx(0.375) and r["other_pass@1"] == pytest.approx(0.625)
+    assert r["diff"] == pytest.approx(0.25) and r["diff_se"] == pytest.approx(math.sqrt(0.25 / 12))
+    assert r["z"] == pytest.approx(0.25 / math.sqrt(0.25 / 12))
+    assert r["p_normal"] == pytest.approx(math.erfc(r["z"] / math.sqrt(2)))
+    assert (r["better"], r["worse"], r["p_sign"]) == (2, 0, 0.5)
+    same = paired_compare(base, base)
+    assert (same["diff"], same["diff_se"], same["z"], same["p_normal"], same["p_sign"]) == (0, 0, 0, 1, 1)
+
+    from distill.cli import main
+    assert main(["eval", "compare", "--runs", base, other, other, "--out-json", str(tmp_path / "c.json")]) == 0
+    table = capsys.readouterr().out
+    assert table.count("+0.250 ± 0.144") == 2 and "2/0" in table
+    with pytest.raises(ValueError, match="share no problem ids"):
+        paired_compare(base, _eval_json(tmp_path / "c", [("zz", "1", [W])]))
+    with pytest.raises(FileNotFoundError, match="no evaluation at"):
+        paired_compare(base, str(tmp_path / "missing"))
+    assert main(["eval", "compare", "--runs", base]) != 0
+    assert "eval compare needs --runs BASE OTHER" in capsys.readouterr().err
 
 
 def test_time_budget_curves_on_a_synthetic_timing_table():
