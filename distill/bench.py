@@ -47,14 +47,17 @@ def load_spec(spec: str, need_tokenizer: bool = False, dtype=None):
     return model, tok, spec
 
 
-def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
-    """Bytes per second moved by a large tensor copy (read + write), best of reps."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32).normal_()
+def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 5, device="cpu") -> float:
+    """Bytes per second moved by a large tensor copy (read + write) on `device`, best of reps."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     best = float("inf")
     for _ in range(reps):
+        sync()
         t0 = time.perf_counter()
         dst.copy_(src)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * nbytes / best
 
@@ -89,51 +92,79 @@ def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     return torch.randint(low, min(vocab, 30000), (batch, length), generator=g).tolist()
 
 
-def correctness_gate(model, tok, tokens: int = 8) -> bool:
+def correctness_gate(model, tok, tokens: int = 8, decode: str = "auto") -> bool:
     prompt = _prompts(1, 16, model.config.vocab_size, 123)[0]
-    ours = generate(model, [prompt], SamplingParams(max_new_tokens=tokens), eos_token_id=[]).sequences[0]
+    ours = generate(model, [prompt], SamplingParams(max_new_tokens=tokens), eos_token_id=[], decode=decode).sequences[0]
     # transformers' own generate loop (HybridForCausalLM.generate would route plain calls to the engine)
-    ref = GenerationMixin.generate(model, torch.tensor([prompt]), max_new_tokens=tokens, min_new_tokens=tokens,
-                                   do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    dev = next(model.parameters()).device
+    ref = GenerationMixin.generate(model, torch.tensor([prompt], device=dev), max_new_tokens=tokens,
+                                   min_new_tokens=tokens, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
     return ours == ref
 
 
-def time_engine(model, batch, prompt_len, gen_len, seed=0) -> dict:
+def _clock(model):
+    """perf_counter, synchronizing first on CUDA (kernels run asynchronously there)."""
+    dev = next(model.parameters()).device
+    if dev.type != "cuda":
+        return time.perf_counter
+
+    def clock():
+        torch.cuda.synchronize(dev)
+        return time.perf_counter()
+    return clock
+
+
+def time_engine(model, batch, prompt_len, gen_len, seed=0, decode="auto") -> dict:
     prompts = _prompts(batch, prompt_len, model.config.vocab_size, seed)
-    out = generate(model, prompts, SamplingParams(max_new_tokens=gen_len), eos_token_id=[])
+    out = generate(model, prompts, SamplingParams(max_new_tokens=gen_len), eos_token_id=[], timer=_clock(model),
+                   decode=decode)
     total = out.prefill_seconds + out.decode_seconds
     return {"tokens_per_s": out.generated_tokens / total, "ttft_s": out.prefill_seconds,
-            "tpot_ms": 1000 * out.decode_seconds / max(1, gen_len - 1), "generated": out.generated_tokens}
+            "tpot_ms": 1000 * out.decode_seconds / max(1, gen_len - 1), "generated": out.generated_tokens,
+            "decode": out.decode_mode}
 
 
 def time_hf(model, batch, prompt_len, gen_len, seed=0) -> dict:
-    ids = torch.tensor(_prompts(batch, prompt_len, model.config.vocab_size, seed))
-    t0 = time.perf_counter()
+    dev = next(model.parameters()).device
+    ids = torch.tensor(_prompts(batch, prompt_len, model.config.vocab_size, seed), device=dev)
+    clock = _clock(model)
+    t0 = clock()
     out = GenerationMixin.generate(model, ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen_len,
                                    min_new_tokens=gen_len, do_sample=False, pad_token_id=0)
-    dt = time.perf_counter() - t0
+    dt = clock() - t0
     return {"tokens_per_s": batch * (out.shape[1] - prompt_len) / dt}
 
 
 @torch.no_grad()
-def time_context(model, batch, context, steps=8, seed=0) -> dict:
-    """Time per output token at `context` tokens of cache, filled by a real prefill."""
-    ids = torch.tensor(_prompts(batch, context, model.config.vocab_size, seed))
-    cache = static_cache(model, context + steps + 1)
-    mask = torch.ones(batch, context + steps + 1, dtype=torch.long)
-    pos = torch.arange(context)[None].expand(batch, -1)
+def time_context(model, batch, context, steps=8, seed=0, decode="auto") -> dict:
+    """Time per output token at `context` tokens of cache, filled by a real prefill (median of `steps` steps),
+    with the decode step `decode` (see hybrid.generation: eager, static, graph; auto picks as generate does)."""
+    from hybrid.generation import StaticDecodeStep, _resolve_decode
+    dev = next(model.parameters()).device
+    mode = _resolve_decode(model, decode, dev)
+    total = context + steps + 1
+    ids = torch.tensor(_prompts(batch, context, model.config.vocab_size, seed), device=dev)
+    cache = static_cache(model, total, full_buffer=mode != "eager")
+    mask = torch.ones(batch, total, dtype=torch.long, device=dev)
+    pos = torch.arange(context, device=dev)[None].expand(batch, -1)
     logits = model(input_ids=ids, attention_mask=mask[:, :context], position_ids=pos, cache=cache, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
     nxt = logits.argmax(-1)
+    step = StaticDecodeStep(model, cache, mask[:, :context], total, graph=mode == "graph") if mode != "eager" else None
+    clock = _clock(model)
     times = []
     for s in range(steps):
-        t0 = time.perf_counter()
-        logits = model(input_ids=nxt[:, None], attention_mask=mask[:, :context + s + 1],
-                       position_ids=torch.full((batch, 1), context + s), cache=cache, use_cache=True).logits[:, -1]
+        p = torch.full((batch, 1), context + s, device=dev)
+        t0 = clock()
+        if step is not None:
+            logits = step(nxt, p, context + s)
+        else:
+            logits = model(input_ids=nxt[:, None], attention_mask=mask[:, :context + s + 1], position_ids=p,
+                           cache=cache, use_cache=True).logits[:, -1]
         nxt = logits.argmax(-1)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     times.sort()
-    return {"tpot_ms": 1000 * times[len(times) // 2]}  # median step
+    return {"tpot_ms": 1000 * times[len(times) // 2], "decode": mode}  # median step
 
 
 def environment() -> dict:
@@ -147,15 +178,14 @@ def environment() -> dict:
 
 
 def run_throughput(specs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline=True, context_batch=16,
-                   context_steps=8, kernels=None, dtype=None) -> dict:
+                   context_steps=8, kernels=None, dtype=None, decode=None) -> dict:
     """kernels: HYBRID_KERNELS settings to run every hybrid under (e.g. ["torch", "csrc"]); None: as configured.
-    dtype: load every model in this dtype (e.g. "bfloat16"); None: as stored."""
-    if kernels:
-        runs = []
-        for spec in specs:
-            runs += [(spec, k) for k in kernels] if "@" in spec or _is_hybrid_path(spec) else [(spec, None)]
-    else:
-        runs = [(s, None) for s in specs]
+    dtype: load every model in this dtype (e.g. "bfloat16"); None: as stored.
+    decode: engine decode steps to run every model with (e.g. ["eager", "graph"]); None: "auto" alone."""
+    runs = []
+    for spec in specs:
+        ks = kernels if kernels and ("@" in spec or _is_hybrid_path(spec)) else [None]
+        runs += [(spec, k, d) for k in ks for d in (decode or [None])]
     return _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps,
                 dtype)
 
@@ -170,25 +200,29 @@ def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, con
     os.makedirs(out_dir, exist_ok=True)
     env = environment()
     env["dtype"] = dtype or "as stored"
-    env["copy_bandwidth_GBps"] = copy_bandwidth() / 1e9
+    env["copy_bandwidth_GBps"] = copy_bandwidth(device="cuda" if torch.cuda.is_available() else "cpu") / 1e9
     print("environment:", json.dumps(env))
     rows = []
-    for spec, kernels in runs:
+    for spec, kernels, decode in runs:
         if kernels is not None:
             os.environ["HYBRID_KERNELS"] = kernels
         model, tok, label = load_spec(spec, dtype=dtype)
-        if kernels is not None:
-            label = f"{label} [{kernels}]"
-        ok = correctness_gate(model, tok)
+        tags = [x for x in (kernels, decode) if x is not None]
+        if tags:
+            label = f"{label} [{', '.join(tags)}]"
+        decode = decode or "auto"
+        if torch.cuda.is_available():
+            model = model.cuda()
+        ok = correctness_gate(model, tok, decode=decode)
         print(f"{label}: correctness gate (engine greedy == HF greedy): {'pass' if ok else 'FAIL'}")
         if not ok:
             rows.append({"model": label, "gate": "fail"})
             continue
-        time_engine(model, 2, 16, 4)  # warm-up
+        time_engine(model, 2, 16, 4, decode=decode)  # warm-up
         for b in batches:
             r = {"model": label, "mode": "generate", "batch": b, "prompt_len": prompt_len, "gen_len": gen_len,
                  "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-                 **time_engine(model, b, prompt_len, gen_len)}
+                 **time_engine(model, b, prompt_len, gen_len, decode=decode)}
             r["roofline_ms"] = 1000 * step_bytes(model, b, prompt_len + gen_len // 2) / (env["copy_bandwidth_GBps"] * 1e9)
             if hf_baseline and getattr(model.config, "model_type", None) != "hybrid":
                 r["hf_tokens_per_s"] = time_hf(model, b, prompt_len, gen_len)["tokens_per_s"]
@@ -196,7 +230,7 @@ def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, con
             print(json.dumps(r))
         for c in contexts:
             r = {"model": label, "mode": "context", "batch": context_batch, "context": c,
-                 **time_context(model, context_batch, c, context_steps)}
+                 **time_context(model, context_batch, c, context_steps, decode=decode)}
             r["roofline_ms"] = 1000 * step_bytes(model, context_batch, c) / (env["copy_bandwidth_GBps"] * 1e9)
             rows.append(r)
             print(json.dumps(r))

@@ -183,7 +183,7 @@ def cmd_bench_throughput(args) -> int:
 
     run_throughput(args.models, args.batch, args.prompt_len, args.gen_len, args.context or [], args.out,
                    hf_baseline=not args.no_hf, context_batch=args.context_batch, context_steps=args.context_steps,
-                   kernels=args.kernels, dtype=args.dtype)
+                   kernels=args.kernels, dtype=args.dtype, decode=args.decode)
     print(f"-> {args.out}/bench.json, bench.csv, bench.png")
     return 0
 
@@ -341,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run every hybrid under each HYBRID_KERNELS setting, side by side")
     bt.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="load every model in this dtype (default: as stored)")
+    bt.add_argument("--decode", nargs="+", default=None, choices=["auto", "eager", "static", "graph"],
+                    help="run every model with each of these engine decode steps (graph: CUDA graphs, CUDA only); "
+                         "default auto alone (graph on CUDA where it applies)")
     bt.add_argument("--out", default="runs/bench")
     bt.set_defaults(func=cmd_bench_throughput)
 

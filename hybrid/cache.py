@@ -7,7 +7,7 @@ Only the mapping from our `layer_types` to those classes lives here: no parallel
 from __future__ import annotations
 
 from transformers.cache_utils import (Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer,
-                                     LinearAttentionLayer, StaticSlidingWindowLayer)
+                                     LinearAttentionLayer, StaticLayer, StaticSlidingWindowLayer)
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -57,10 +57,12 @@ def teacher_attention_kinds(teacher_config) -> list[str]:
     return ["full_attention"] * n
 
 
-def cache_layers(config, max_len: int | None = None) -> list:
+def cache_layers(config, max_len: int | None = None, full_buffer: bool = False) -> list:
     """One transformers cache layer per model layer, for a hybrid or a plain causal LM config.
 
-    max_len None: growing KV layers (dynamic); an int: preallocated KV layers of max_len tokens (static).
+    max_len None: growing KV layers (dynamic); an int: preallocated KV layers of max_len tokens (static), which
+    attend to the filled prefix (PreallocatedLayer) or, with full_buffer, to the whole buffer under a mask
+    (transformers' StaticLayer: fixed shapes and a tensor write position, as a CUDA graph needs).
     Mixer layers always hold fixed-size conv and SSM states.
     """
     if getattr(config, "model_type", None) == "hybrid":
@@ -76,7 +78,8 @@ def cache_layers(config, max_len: int | None = None) -> list:
             layers.append(DynamicSlidingWindowLayer(sliding_window=teacher.sliding_window) if max_len is None else
                           StaticSlidingWindowLayer(max_cache_len=max_len, sliding_window=teacher.sliding_window))
         else:
-            layers.append(DynamicLayer() if max_len is None else PreallocatedLayer(max_len))
+            layers.append(DynamicLayer() if max_len is None else
+                          StaticLayer(max_len) if full_buffer else PreallocatedLayer(max_len))
     return layers
 
 

@@ -12,9 +12,21 @@ Prompts of different lengths are left-padded (position ids count real tokens onl
 state: see HybridModel). Sampling: temperature, top-k, top-p, from a seeded torch.Generator, so a seed gives the
 same samples. Each row stops at its own EOS (or stop string) and then only emits padding.
 
-CUDA graphs for the decode step are not captured yet: the step is plain eager PyTorch on every device. On a CPU
-the decode step of a small model is bound by its weight GEMVs (88 % of a SmolLM2-135M batch-1 step is aten::mm,
-by torch.profiler), which HF generate runs identically, so the engine's margin over it there is small.
+Decode step modes (`decode=`):
+- "eager": the step above, shapes growing with the filled prefix;
+- "static": a fixed-shape step (StaticDecodeStep): tokens, positions and an additive [b, 1, 1, max_len] mask live
+  in preallocated buffers, attention layers read their whole KV buffer (transformers' StaticLayer, written at a
+  tensor position) under that mask, mixer states advance in place. Same tokens as "eager", every step the same
+  kernels on the same addresses;
+- "graph": the static step captured once per generate() call into a CUDA graph and replayed (CUDA only), which
+  removes the per-kernel launch cost that dominates small-batch GPU decode;
+- "auto" (default): "graph" on CUDA where the static step applies, else "eager". A capture that fails falls back
+  to eager with one warning.
+The static step needs full attention layers (sliding-window layers keep a rolling buffer) and the sdpa or eager
+attention implementation; `static_decode_unsupported` names what is in the way. Sampling stays outside the graph.
+
+On a CPU the decode step of a small model is bound by its weight GEMVs (88 % of a SmolLM2-135M batch-1 step is
+aten::mm, by torch.profiler), which HF generate runs identically, so the engine's margin over it there is small.
 
 `HybridForCausalLM.generate()` routes here when it is called with nothing but inputs, lengths, sampling
 settings and token ids (`generate_like_hf`); anything else (streamers, logits processors, beams, output_* flags)
@@ -27,7 +39,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import Cache
 
-from .cache import cache_layers
+from .cache import cache_layers, teacher_attention_kinds
+
+DECODE_MODES = ("auto", "eager", "static", "graph")
+_warned: set[str] = set()
 
 
 @dataclass
@@ -50,9 +65,124 @@ class SamplingParams:
             raise ValueError(f"top_k={self.top_k} must be >= 0")
 
 
-def static_cache(model, max_len: int) -> Cache:
-    """A preallocated cache for `model` (hybrid or plain transformers causal LM), max_len tokens per row."""
-    return Cache(layers=cache_layers(model.config, max_len))
+def static_cache(model, max_len: int, full_buffer: bool = False) -> Cache:
+    """A preallocated cache for `model` (hybrid or plain transformers causal LM), max_len tokens per row;
+    full_buffer: attention reads the whole buffer under a mask (the fixed-shape step), see cache_layers."""
+    return Cache(layers=cache_layers(model.config, max_len, full_buffer=full_buffer))
+
+
+def static_decode_unsupported(model) -> str | None:
+    """None when the fixed-shape decode step (and so a CUDA graph) applies to `model`, else why it does not."""
+    cfg = model.config
+    hybrid = getattr(cfg, "model_type", None) == "hybrid"
+    teacher = cfg.teacher_config if hybrid else cfg
+    types = cfg.layer_types if hybrid else ["attention"] * cfg.num_hidden_layers
+    kinds = teacher_attention_kinds(teacher)
+    sliding = [i for i, t in enumerate(types) if t == "attention" and kinds[i] == "sliding_attention"]
+    if sliding:
+        return f"layers {sliding} use sliding-window attention (a rolling KV buffer)"
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager"):
+        return f"attention implementation {impl!r} takes no additive mask (the static step needs sdpa or eager)"
+    return None
+
+
+def cache_tensors(cache: Cache) -> list[torch.Tensor]:
+    """Every tensor a cache holds (KV buffers, write positions, conv and SSM states), for snapshot and restore."""
+    out: list[torch.Tensor] = []
+
+    def visit(v):
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                visit(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                visit(x)
+
+    for layer in cache.layers:
+        visit(vars(layer))
+    return out
+
+
+class StaticDecodeStep:
+    """The decode step with fixed shapes and fixed tensor addresses, run eagerly or replayed from a CUDA graph.
+
+    Inputs live in buffers: token ids [b, 1], positions [b, 1], and an additive mask [b, 1, 1, max_len] (0 where a
+    cache slot holds a real token, the dtype's minimum elsewhere); the cache must come from
+    `static_cache(model, max_len, full_buffer=True)` after the prefill. Each call writes the new token at cache
+    index `slot` (the same for every row: prompts are left-padded) and returns logits [b, V] (a buffer that the
+    next call overwrites).
+    """
+
+    def __init__(self, model, cache: Cache, prompt_mask: torch.Tensor, max_len: int, graph: bool = False):
+        dev = prompt_mask.device
+        b = prompt_mask.shape[0]
+        dtype = next(model.parameters()).dtype
+        self.model, self.cache = model, cache
+        self.ids = torch.zeros((b, 1), dtype=torch.long, device=dev)
+        self.pos = torch.zeros((b, 1), dtype=torch.long, device=dev)
+        self.mask = torch.full((b, 1, 1, max_len), torch.finfo(dtype).min, dtype=dtype, device=dev)
+        self.mask[:, 0, 0, :prompt_mask.shape[1]].masked_fill_(prompt_mask.bool(), 0)
+        self.graph = None
+        self.logits = None
+        if graph:
+            self._capture()
+
+    def _forward(self) -> torch.Tensor:
+        return self.model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.pos, cache=self.cache,
+                          use_cache=True).logits[:, -1]
+
+    def warm_up(self, runs: int = 2) -> None:
+        """Run the step `runs` times (on a side stream on CUDA, as graph capture requires), then restore every
+        cache tensor: kernels get tuned and lazy buffers allocated, and the generation state is as before."""
+        saved = [(t, t.clone()) for t in cache_tensors(self.cache)]
+        try:
+            if self.ids.device.type == "cuda":
+                side = torch.cuda.Stream(self.ids.device)
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(runs):
+                        self._forward()
+                torch.cuda.current_stream().wait_stream(side)
+            else:
+                for _ in range(runs):
+                    self._forward()
+        finally:
+            for t, copy in saved:
+                t.copy_(copy)
+
+    def _capture(self) -> None:
+        if self.ids.device.type != "cuda":
+            raise ValueError(f"decode='graph' needs a CUDA model, this one is on {self.ids.device}")
+        self.warm_up()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # recorded, not executed: the cache is untouched
+            self.logits = self._forward()
+        self.graph = graph
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, slot: int) -> torch.Tensor:
+        self.ids.copy_(tokens.view(-1, 1))
+        self.pos.copy_(positions.view(-1, 1))
+        self.mask[:, 0, 0, slot] = 0
+        if self.graph is None:
+            return self._forward()
+        self.graph.replay()
+        return self.logits
+
+
+def _resolve_decode(model, decode: str, dev: torch.device) -> str:
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}")
+    why = static_decode_unsupported(model)
+    if decode == "auto":
+        return "graph" if dev.type == "cuda" and why is None else "eager"
+    if decode in ("static", "graph") and why is not None:
+        raise ValueError(f"decode={decode!r} does not apply to this model: {why}")
+    if decode == "graph" and dev.type != "cuda":
+        raise ValueError(f"decode='graph' needs a CUDA model, this one is on {dev}")
+    return decode
 
 
 def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
@@ -80,12 +210,15 @@ class GenerationOutput:
     generated_tokens: int
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    decode_mode: str = "eager"  # the decode step that ran: eager, static or graph
 
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], params: SamplingParams | None = None, eos_token_id=None,
-             pad_token_id: int = 0, tokenizer=None, timer=None, on_step=None) -> GenerationOutput:
+             pad_token_id: int = 0, tokenizer=None, timer=None, on_step=None, decode: str = "auto") -> GenerationOutput:
     """Generate for a batch of token-id prompts. eos_token_id: an id or list of ids (default: the model's).
+
+    decode: the decode step, "auto" | "eager" | "static" | "graph" (module docstring).
 
     timer: optional callable returning seconds (e.g. a synchronizing clock) for prefill / decode timing.
     on_step: optional callable(tokens [b] list[int], active [b] list[bool]) called after every sampled token
@@ -110,7 +243,8 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
         ids[i, L - len(p):] = torch.tensor(p, device=dev)
         mask[i, L - len(p):L] = 1
     positions = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)
-    cache = static_cache(model, total)
+    mode = _resolve_decode(model, decode, dev)
+    cache = static_cache(model, total, full_buffer=mode != "eager")
     gen = None
     if params.temperature > 0:
         gen = torch.Generator(device=dev)
@@ -127,6 +261,19 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
     eos_t = torch.tensor(sorted(eos), device=dev) if eos else None
     pos = positions[:, -1:]
     lengths = torch.full((b,), params.max_new_tokens, dtype=torch.long, device=dev)
+    step = None
+    if mode != "eager" and params.max_new_tokens > 1:
+        try:
+            step = StaticDecodeStep(model, cache, mask[:, :L], total, graph=mode == "graph")
+        except Exception as e:  # noqa: BLE001 - a failed capture must not cost the user their generation
+            if decode == "graph" or mode != "graph":
+                raise
+            if "capture" not in _warned:
+                _warned.add("capture")
+                import warnings
+                warnings.warn(f"CUDA graph capture of the decode step failed ({type(e).__name__}: {e}); "
+                              "decoding eagerly on the full-buffer cache", stacklevel=2)
+            step, mode = StaticDecodeStep(model, cache, mask[:, :L], total, graph=False), "static"
     for t in range(params.max_new_tokens):
         nxt = _sample(logits, params, gen)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
@@ -146,13 +293,16 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
             break
         mask[:, L + t] = 1
         pos = pos + 1
-        logits = model(input_ids=nxt[:, None], attention_mask=mask[:, :L + t + 1], position_ids=pos, cache=cache,
-                       use_cache=True).logits[:, -1]
+        if step is not None:
+            logits = step(nxt, pos, L + t)
+        else:
+            logits = model(input_ids=nxt[:, None], attention_mask=mask[:, :L + t + 1], position_ids=pos, cache=cache,
+                           use_cache=True).logits[:, -1]
     t2 = clock()
     seqs = [out[i, :int(lengths[i])].tolist() for i in range(b)]
     return GenerationOutput(seqs, prompt_tokens=sum(len(p) for p in prompts),
                             generated_tokens=sum(len(s) for s in seqs), prefill_seconds=t1 - t0,
-                            decode_seconds=t2 - t1)
+                            decode_seconds=t2 - t1, decode_mode=mode if step is not None else "eager")
 
 
 ENGINE_KWARGS = {"attention_mask", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",

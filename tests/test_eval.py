@@ -3,13 +3,13 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_teacher, tiny_tokenizer
+from helpers import assert_close, tiny_teacher, tiny_tokenizer
 from transformers import GenerationMixin
 
 from distill import hybridize
 from distill.evaluate import (majority_answer, majority_correct, paired_compare, pass_at_k, score,
                               time_budget_curves)
-from distill.tasks import Problem, extract_answer, is_correct, load_gsm8k, load_math, synthetic_math
+from distill.tasks import Problem, is_correct, load_gsm8k, load_math, synthetic_math
 from hybrid.generation import SamplingParams, generate
 
 TRICKY = [  # (completion, gold, correct?)
@@ -269,11 +269,79 @@ def test_bench_throughput_runs_each_kernel_setting_in_the_requested_dtype(tmp_pa
     folder = tmp_path / "h"
     hybridize(tiny_teacher("llama"), [1, 3], chunk_size=16).save_pretrained(folder)
     run_throughput([str(folder)], [2], 8, 4, [32], str(tmp_path / "bench"), hf_baseline=False, context_steps=2,
-                   kernels=["torch", "csrc"], dtype="bfloat16")
+                   kernels=["torch", "csrc"], dtype="bfloat16", decode=["eager", "static"])
     result = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert result["environment"]["dtype"] == "bfloat16"
     rows = result["results"]
-    assert {r["model"].rsplit(" ", 1)[1] for r in rows} == {"[torch]", "[csrc]"}
+    assert {r["model"].split(" [", 1)[1] for r in rows} == {"torch, eager]", "csrc, eager]", "torch, static]",
+                                                             "csrc, static]"}
+    assert all(r["model"].endswith(f"{r['decode']}]") for r in rows)
     assert all(r.get("gate") != "fail" and r["tpot_ms"] > 0 for r in rows)
     assert {r["mode"] for r in rows} == {"generate", "context"}
     assert all(r["dtype"] == "bfloat16" for r in rows if r["mode"] == "generate")
+
+
+@pytest.mark.parametrize("kind", ["teacher", "mamba2", "mamba"])
+def test_static_decode_step_equals_the_eager_step(kind):
+    """The fixed-shape step a CUDA graph captures (whole KV buffer under a mask, tensor write positions, states in
+    place), run eagerly: same logits every step and same tokens as the eager engine, left-padded rows included."""
+    from hybrid.cache import StaticLayer
+    from hybrid.generation import StaticDecodeStep, cache_tensors, static_cache
+    teacher = tiny_teacher("llama")
+    model = teacher if kind == "teacher" else hybridize(teacher, [1], mixer=kind, chunk_size=16)
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [3, 4, 5, 6]]
+    for params in (SamplingParams(max_new_tokens=10), SamplingParams(max_new_tokens=10, temperature=1.0, seed=4)):
+        eager = generate(model, prompts, params, eos_token_id=[], decode="eager")
+        static = generate(model, prompts, params, eos_token_id=[], decode="static")
+        assert (eager.decode_mode, static.decode_mode) == ("eager", "static")
+        assert static.sequences == eager.sequences
+    greedy = generate(model, prompts, SamplingParams(max_new_tokens=10), eos_token_id=[], decode="eager").sequences
+    eos = greedy[1][3]  # row 1 stops there (or earlier, if it drew that token before); the others go on
+    a = generate(model, prompts, SamplingParams(max_new_tokens=10), eos_token_id=eos, decode="static")
+    b = generate(model, prompts, SamplingParams(max_new_tokens=10), eos_token_id=eos, decode="eager")
+    assert a.sequences == b.sequences and a.sequences[1] == greedy[1][:greedy[1].index(eos) + 1]
+
+    # step by step, logits: the static step on a full-buffer cache vs the eager forward on a prefix cache
+    L, total = 6, 12
+    ids = torch.tensor([[0, 0, 0, 0, 11, 12], [5, 6, 7, 8, 9, 10]])
+    mask = torch.zeros(2, total, dtype=torch.long)
+    mask[:, :L] = (ids != 0).long()
+    pos = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)
+    caches = [static_cache(model, total), static_cache(model, total, full_buffer=True)]
+    assert any(isinstance(layer, StaticLayer) for layer in caches[1].layers)
+    with torch.no_grad():
+        outs = [model(input_ids=ids, attention_mask=mask[:, :L], position_ids=pos, cache=c, use_cache=True,
+                      logits_to_keep=1).logits[:, -1] for c in caches]
+        step = StaticDecodeStep(model, caches[1], mask[:, :L], total)
+        p = pos[:, -1:]
+        for t in range(5):
+            nxt = outs[0].argmax(-1)
+            mask[:, L + t] = 1
+            p = p + 1
+            ref = model(input_ids=nxt[:, None], attention_mask=mask[:, :L + t + 1], position_ids=p, cache=caches[0],
+                        use_cache=True).logits[:, -1]
+            if t == 2:  # what a graph capture does before recording: run the step, then restore every cache tensor
+                before = [x.clone() for x in cache_tensors(caches[1])]
+                step.ids.copy_(nxt[:, None])
+                step.warm_up(runs=2)
+                assert all(torch.equal(x, y) for x, y in zip(cache_tensors(caches[1]), before))
+            got = step(nxt, p, L + t)
+            assert_close(got, ref, atol=1e-5, rtol=1e-5, what=f"logits at step {t}")
+            outs[0] = ref
+
+
+def test_decode_mode_choice_and_refusals():
+    from hybrid.generation import static_decode_unsupported
+    model = hybridize(tiny_teacher("llama"), [1])
+    out = generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=3), eos_token_id=[])
+    assert out.decode_mode == "eager"  # auto on a CPU
+    with pytest.raises(ValueError, match="decode='graph' needs a CUDA model, this one is on cpu"):
+        generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=3), decode="graph")
+    with pytest.raises(ValueError, match="decode='fast' is not one of"):
+        generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=3), decode="fast")
+    mistral = tiny_teacher("mistral")
+    assert "sliding-window" in static_decode_unsupported(mistral)
+    with pytest.raises(ValueError, match="sliding-window"):
+        generate(mistral, [[5, 6, 7]], SamplingParams(max_new_tokens=3), decode="static")
+    model.set_attn_implementation("flex_attention")
+    assert "flex_attention" in static_decode_unsupported(model)

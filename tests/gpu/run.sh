@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one script for a lent GPU machine: build the CUDA kernels, run the GPU tests, run the GPU decode benchmark.
+# The one script for a lent GPU machine: build the CUDA kernels, run the GPU tests, run the GPU decode benchmark
+# (each model with the eager decode step and with the CUDA-graph step, side by side).
 # Results land in $OUT (build.log, tests.log, bench.json/csv/png, nvidia-smi.txt). Sized to finish in about
 # 8 minutes including the build. The machine's image has CUDA torch but an older transformers and no einops-free
 # guarantees: carry wheels for what it lacks in .gpu-wheels/ (pip download --no-deps -d .gpu-wheels transformers
@@ -25,7 +26,8 @@ timeout 240 python3 -m pytest -q tests/test_gpu.py tests/test_csrc.py tests/test
   tests/test_vllm_plugin.py > "$OUT/tests.log" 2>&1  # the vLLM serving test runs only where vllm is installed
 python3 tests/gpu/make_teacher.py "$OUT/teacher" > "$OUT/teacher.log" 2>&1
 timeout 300 python3 -m distill.cli bench throughput --models "$OUT/teacher" "$OUT/teacher@attn=0.25" "$OUT/teacher@attn=0" \
-  --batch 1 16 64 --prompt-len 256 --gen-len 256 --context 2048 8192 --context-batch 16 --out "$OUT" \
+  --batch 1 16 64 --prompt-len 256 --gen-len 256 --context 2048 8192 --context-batch 16 --decode eager graph \
+  --out "$OUT" \
   > "$OUT/bench.log" 2>&1
 rm -rf "$OUT/teacher"
 tail -n 30 "$OUT/tests.log" "$OUT/bench.log"
