@@ -1,6 +1,8 @@
 """Shared test harness: tiny random teachers of each supported family, and one assert_close."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
@@ -74,3 +76,24 @@ def tiny_tokenizer():
                                   unk_token="<unk>", additional_special_tokens=["<u>", "<a>"])
     tok.chat_template = CHAT_TEMPLATE
     return tok
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Fail on any read of a tensor's value into Python (bool(), .item(), .tolist(), int(), indexing with a tensor):
+    on CUDA each is a device synchronisation, which a CUDA graph capture cannot contain."""
+    names = ["__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy"]
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+
+    def refuse(name):
+        def f(self, *args, **kwargs):
+            raise RuntimeError(f"host read of a tensor value: Tensor.{name}")
+        return f
+
+    for n in names:
+        setattr(torch.Tensor, n, refuse(n))
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.Tensor, n, f)
