@@ -351,3 +351,30 @@ def test_decode_mode_choice_and_refusals():
         generate(mistral, [[5, 6, 7]], SamplingParams(max_new_tokens=3), decode="static")
     model.set_attn_implementation("flex_attention")
     assert "flex_attention" in static_decode_unsupported(model)
+
+
+def test_bench_correctness_gate_passes_equal_and_near_tied_tokens_only(monkeypatch):
+    import distill.bench as bench
+    model = tiny_teacher("llama").eval()
+    assert bench.correctness_gate(model, None) == (True, "identical")
+    prompt = bench._prompts(1, 16, model.config.vocab_size, 123)[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1]
+    first, worst, twin = int(logits.argmax()), int(logits.argmin()), (int(logits.argmax()) + 1) % 97
+    with torch.no_grad():
+        model.lm_head.weight[twin] = model.lm_head.weight[first]  # an exact tie with the reference's first token
+    real = bench.generate
+
+    def engine_picking(token):
+        def fake(*args, **kwargs):
+            out = real(*args, **kwargs)
+            out.sequences[0][0] = token
+            return out
+        return fake
+
+    monkeypatch.setattr(bench, "generate", engine_picking(twin))
+    ok, how = bench.correctness_gate(model, None)
+    assert ok and how.startswith("near-tie at token 0")
+    monkeypatch.setattr(bench, "generate", engine_picking(worst))
+    ok, how = bench.correctness_gate(model, None)
+    assert not ok and how.startswith("differs at token 0")
