@@ -202,6 +202,8 @@ def sample_completions(model, tok, problems, k: int, max_new_tokens: int = 256, 
     if tok.eos_token_id is not None:
         eos = sorted({tok.eos_token_id} | set([eos] if isinstance(eos, int) else (eos or [])))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(jobs), desc="sampling", unit="sample", disable=len(jobs) <= batch_size)
     t0, tokens = time.perf_counter(), 0
     for j in range(0, len(jobs), batch_size):
         chunk = jobs[j:j + batch_size]
@@ -211,6 +213,8 @@ def sample_completions(model, tok, problems, k: int, max_new_tokens: int = 256, 
         tokens += res.generated_tokens
         for (i, _), seq in zip(chunk, res.sequences):
             out[i].append(tok.decode(seq, skip_special_tokens=True))
+        bar.update(len(chunk))
+    bar.close()
     return out, time.perf_counter() - t0, tokens
 
 
