@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, StaticLayer
 
 from .cache import cache_layers, teacher_attention_kinds
 
@@ -87,8 +87,10 @@ def static_decode_unsupported(model) -> str | None:
     return None
 
 
-def cache_tensors(cache: Cache) -> list[torch.Tensor]:
-    """Every tensor a cache holds (KV buffers, write positions, conv and SSM states), for snapshot and restore."""
+def cache_tensors(cache: Cache, kv_buffers: bool = True) -> list[torch.Tensor]:
+    """Every tensor a cache holds (KV buffers, write positions, conv and SSM states), for snapshot and restore.
+    kv_buffers=False leaves out the full-buffer attention layers' K/V: a step run ahead writes them only at and
+    after the write position, which stays masked until the real step writes there again."""
     out: list[torch.Tensor] = []
 
     def visit(v):
@@ -102,7 +104,10 @@ def cache_tensors(cache: Cache) -> list[torch.Tensor]:
                 visit(x)
 
     for layer in cache.layers:
-        visit(vars(layer))
+        if not kv_buffers and isinstance(layer, StaticLayer):
+            visit(layer.cumulative_length)
+        else:
+            visit(vars(layer))
     return out
 
 
@@ -137,7 +142,7 @@ class StaticDecodeStep:
     def warm_up(self, runs: int = 2) -> None:
         """Run the step `runs` times (on a side stream on CUDA, as graph capture requires), then restore every
         cache tensor: kernels get tuned and lazy buffers allocated, and the generation state is as before."""
-        saved = [(t, t.clone()) for t in cache_tensors(self.cache)]
+        saved = [(t, t.clone()) for t in cache_tensors(self.cache, kv_buffers=False)]
         try:
             if self.ids.device.type == "cuda":
                 side = torch.cuda.Stream(self.ids.device)
