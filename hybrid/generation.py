@@ -20,8 +20,9 @@ Decode step modes (`decode=`):
   kernels on the same addresses;
 - "graph": the static step captured once per generate() call into a CUDA graph and replayed (CUDA only), which
   removes the per-kernel launch cost that dominates small-batch GPU decode;
-- "auto" (default): "graph" on CUDA where the static step applies, else "eager". A capture that fails falls back
-  to eager with one warning.
+- "auto" (default): "graph" on CUDA where the static step applies and the parameters are not sharded (FSDP2,
+  ZeRO-3 gather them inside forward), else "eager". A capture that fails falls back to the uncaptured static step
+  with one warning.
 The static step needs full attention layers (sliding-window layers keep a rolling buffer) and the sdpa or eager
 attention implementation; `static_decode_unsupported` names what is in the way. Sampling stays outside the graph.
 
@@ -182,7 +183,10 @@ def _resolve_decode(model, decode: str, dev: torch.device) -> str:
         raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}")
     why = static_decode_unsupported(model)
     if decode == "auto":
-        return "graph" if dev.type == "cuda" and why is None else "eager"
+        # sharded parameters (FSDP2 DTensors, ZeRO-3 partitions) gather inside forward: keep collectives out of graphs
+        p = next(model.parameters())
+        sharded = type(p).__name__ == "DTensor" or hasattr(p, "ds_id")
+        return "graph" if dev.type == "cuda" and why is None and not sharded else "eager"
     if decode in ("static", "graph") and why is not None:
         raise ValueError(f"decode={decode!r} does not apply to this model: {why}")
     if decode == "graph" and dev.type != "cuda":
