@@ -26,7 +26,7 @@ import torch
 from transformers import GenerationMixin
 
 from hybrid import load_pretrained
-from hybrid.generation import SamplingParams, generate, static_cache
+from hybrid.generation import SamplingParams, StaticDecodeStep, generate, resolve_decode, static_cache
 
 
 def load_spec(spec: str, need_tokenizer: bool = False, dtype=None):
@@ -109,8 +109,7 @@ def correctness_gate(model, tok, tokens: int = 8, decode: str = "auto") -> tuple
     with torch.no_grad():
         logits = model(torch.tensor([prompt + ref[:i]], device=dev)).logits[0, -1].float()
     margin = float(logits[ref[i]] - logits[ours[i]])
-    tol = 1e-3 if logits.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 5e-2
-    tol *= max(1.0, float(logits.abs().max()))
+    tol = (1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2) * max(1.0, float(logits.abs().max()))
     if margin <= tol:
         return True, f"near-tie at token {i} (logit margin {margin:.2e} <= {tol:.1e})"
     return False, f"differs at token {i}: logit margin {margin:.2e} > {tol:.1e}"
@@ -153,9 +152,8 @@ def time_hf(model, batch, prompt_len, gen_len, seed=0) -> dict:
 def time_context(model, batch, context, steps=8, seed=0, decode="auto") -> dict:
     """Time per output token at `context` tokens of cache, filled by a real prefill (median of `steps` steps),
     with the decode step `decode` (see hybrid.generation: eager, static, graph; auto picks as generate does)."""
-    from hybrid.generation import StaticDecodeStep, _resolve_decode
     dev = next(model.parameters()).device
-    mode = _resolve_decode(model, decode, dev)
+    mode = resolve_decode(model, decode, dev)
     total = context + steps + 1
     ids = torch.tensor(_prompts(batch, context, model.config.vocab_size, seed), device=dev)
     cache = static_cache(model, total, full_buffer=mode != "eager")
@@ -227,9 +225,8 @@ def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, con
         decode = decode or "auto"
         if torch.cuda.is_available():
             model = model.cuda()
-        from hybrid.generation import _resolve_decode
         try:
-            _resolve_decode(model, decode, next(model.parameters()).device)
+            resolve_decode(model, decode, next(model.parameters()).device)
         except ValueError as e:  # e.g. graph on a CPU, or a sliding-window model: say so, go on with the others
             print(f"{label}: skipped: {e}")
             rows.append({"model": label, "skipped": str(e)})

@@ -53,15 +53,20 @@ def majority_correct(completions: list[str], gold: str) -> bool:
     return winner is not None and is_correct(f"\\boxed{{{winner}}}", gold)
 
 
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (sample s.d. / sqrt(n)); s.e. 0 for fewer than two values."""
+    n = len(xs)
+    mean = sum(xs) / max(1, n)
+    return mean, (sum((x - mean) ** 2 for x in xs) / (n - 1) / n) ** 0.5 if n > 1 else 0.0
+
+
 def score(problems, completions: list[list[str]], ks=(1,)) -> dict:
     """Accuracy over problems: pass@1 (mean correct fraction) with its standard error over problems
     (`pass@1_se`: the noise of this estimate from the problems and samples drawn), pass@k and maj@k for each k."""
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completion lists")
     correct = [[is_correct(c, p.answer) for c in comps] for p, comps in zip(problems, completions)]
-    per = [sum(r) / len(r) for r in correct if r]
-    mean = sum(per) / max(1, len(per))
-    se = (sum((x - mean) ** 2 for x in per) / (len(per) - 1) / len(per)) ** 0.5 if len(per) > 1 else 0.0
+    mean, se = _mean_se([sum(r) / len(r) for r in correct if r])
     out = {"problems": len(problems), "pass@1": mean, "pass@1_se": se}
     for k in ks:
         out[f"pass@{k}"] = sum(pass_at_k(len(r), sum(r), k) for r in correct) / max(1, len(correct))
@@ -118,9 +123,10 @@ def paired_compare(base: str, other: str) -> dict:
         raise ValueError(f"{a_run['path']} and {b_run['path']} share no problem ids: evaluate both on the same tasks")
     d = [b[i] - a[i] for i in shared]
     n = len(d)
-    mean = sum(d) / n
-    se = (sum((x - mean) ** 2 for x in d) / (n - 1) / n) ** 0.5 if n > 1 else float("nan")
-    if se > 0:
+    mean, se = _mean_se(d)
+    if n < 2:  # one problem says nothing about its noise
+        se, z = float("nan"), float("nan")
+    elif se > 0:
         z = mean / se
     else:
         z = 0.0 if mean == 0 else math.copysign(math.inf, mean)

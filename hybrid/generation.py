@@ -178,7 +178,9 @@ class StaticDecodeStep:
         return self.logits
 
 
-def _resolve_decode(model, decode: str, dev: torch.device) -> str:
+def resolve_decode(model, decode: str, dev: torch.device) -> str:
+    """The decode step `generate` runs for `decode` on this model and device; ValueError (with the reason) where the
+    one asked for does not apply."""
     if decode not in DECODE_MODES:
         raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}")
     why = static_decode_unsupported(model)
@@ -252,7 +254,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
         ids[i, L - len(p):] = torch.tensor(p, device=dev)
         mask[i, L - len(p):L] = 1
     positions = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)
-    mode = _resolve_decode(model, decode, dev)
+    mode = resolve_decode(model, decode, dev)
     cache = static_cache(model, total, full_buffer=mode != "eager")
     gen = None
     if params.temperature > 0:

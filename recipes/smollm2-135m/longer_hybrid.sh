@@ -2,7 +2,8 @@
 # A hybrid distilled longer than the demo (align 120 steps, KD 150 steps, demo profile otherwise), then the demo
 # SFT, then GRPO at lr 3e-6 (rollouts at temperature 0.7, 40 steps, zero-variance groups dropped) with seeds 0, 1 and
 # 2; held-out accuracy after SFT and after each GRPO run on 400 level-1 problems x 4 samples (the same problems
-# and sampling seeds for every checkpoint), then each GRPO run compared with the SFT checkpoint problem by problem.
+# and sampling seeds for every checkpoint), then each GRPO run compared with the SFT checkpoint and with the first
+# seed, problem by problem.
 # About an hour and a half on a 2-core CPU, plus about 30 minutes per GRPO seed beyond the first.
 # Usage: longer_hybrid.sh OUT [SEEDS]   (defaults runs/h50-long, "0 1 2")
 set -uo pipefail
@@ -26,3 +27,4 @@ done
 runs=""
 for s in $SEEDS; do suffix=""; [ "$s" = 0 ] || suffix="-seed$s"; runs="$runs $X/eval-rl$suffix"; done
 hybrid-distill eval compare --runs $X/eval-sft $runs --out-json $X/compare.json
+hybrid-distill eval compare --runs $runs  # seed-to-seed: the run-to-run noise, paired
