@@ -27,6 +27,7 @@ from transformers import GenerationMixin
 
 from hybrid import load_pretrained
 from hybrid.generation import SamplingParams, StaticDecodeStep, generate, resolve_decode, static_cache
+from hybrid.prepack import prepack_default, prepacked_linears
 
 
 def load_spec(spec: str, need_tokenizer: bool = False, dtype=None):
@@ -127,14 +128,14 @@ def _clock(model):
     return clock
 
 
-def time_engine(model, batch, prompt_len, gen_len, seed=0, decode="auto") -> dict:
+def time_engine(model, batch, prompt_len, gen_len, seed=0, decode="auto", prepack=None) -> dict:
     prompts = _prompts(batch, prompt_len, model.config.vocab_size, seed)
     out = generate(model, prompts, SamplingParams(max_new_tokens=gen_len), eos_token_id=[], timer=_clock(model),
-                   decode=decode)
+                   decode=decode, prepack=prepack)
     total = out.prefill_seconds + out.decode_seconds
     return {"tokens_per_s": out.generated_tokens / total, "ttft_s": out.prefill_seconds,
             "tpot_ms": 1000 * out.decode_seconds / max(1, gen_len - 1), "generated": out.generated_tokens,
-            "decode": out.decode_mode}
+            "decode": out.decode_mode, "linear": out.linear}
 
 
 def time_hf(model, batch, prompt_len, gen_len, seed=0) -> dict:
@@ -149,10 +150,17 @@ def time_hf(model, batch, prompt_len, gen_len, seed=0) -> dict:
 
 
 @torch.no_grad()
-def time_context(model, batch, context, steps=8, seed=0, decode="auto") -> dict:
+def time_context(model, batch, context, steps=8, seed=0, decode="auto", prepack=None) -> dict:
     """Time per output token at `context` tokens of cache, filled by a real prefill (median of `steps` steps),
-    with the decode step `decode` (see hybrid.generation: eager, static, graph; auto picks as generate does)."""
+    with the decode step `decode` (see hybrid.generation: eager, static, graph; auto picks as generate does) and
+    the linear layers as generate would run them (`prepack`, see hybrid.prepack)."""
     dev = next(model.parameters()).device
+    with prepacked_linears(model, prepack_default(dev) if prepack is None else prepack) as packed:
+        return {**_time_context(model, batch, context, steps, seed, decode, dev),
+                "linear": "onednn-packed" if packed else "aten"}
+
+
+def _time_context(model, batch, context, steps, seed, decode, dev) -> dict:
     mode = resolve_decode(model, decode, dev)
     total = context + steps + 1
     ids = torch.tensor(_prompts(batch, context, model.config.vocab_size, seed), device=dev)
@@ -190,14 +198,18 @@ def environment() -> dict:
 
 
 def run_throughput(specs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline=True, context_batch=16,
-                   context_steps=8, kernels=None, dtype=None, decode=None) -> dict:
+                   context_steps=8, kernels=None, dtype=None, decode=None, prepack=None) -> dict:
     """kernels: HYBRID_KERNELS settings to run every hybrid under (e.g. ["torch", "csrc"]); None: as configured.
     dtype: load every model in this dtype (e.g. "bfloat16"); None: as stored.
-    decode: engine decode steps to run every model with (e.g. ["eager", "graph"]); None: "auto" alone."""
+    decode: engine decode steps to run every model with (e.g. ["eager", "graph"]); None: "auto" alone.
+    prepack: engine linear settings to run every model with, "on" / "off" (hybrid.prepack); None: the default."""
+    for p in prepack or []:
+        if p not in ("on", "off"):
+            raise ValueError(f"prepack={p!r}: each setting is 'on' or 'off'")
     runs = []
     for spec in specs:
         ks = kernels if kernels and ("@" in spec or _is_hybrid_path(spec)) else [None]
-        runs += [(spec, k, d) for k in ks for d in (decode or [None])]
+        runs += [(spec, k, d, p) for k in ks for d in (decode or [None]) for p in (prepack or [None])]
     return _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps,
                 dtype)
 
@@ -215,11 +227,12 @@ def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, con
     env["copy_bandwidth_GBps"] = copy_bandwidth(device="cuda" if torch.cuda.is_available() else "cpu") / 1e9
     print("environment:", json.dumps(env))
     rows = []
-    for spec, kernels, decode in runs:
+    for spec, kernels, decode, prepack in runs:
         if kernels is not None:
             os.environ["HYBRID_KERNELS"] = kernels
         model, tok, label = load_spec(spec, dtype=dtype)
-        tags = [x for x in (kernels, decode) if x is not None]
+        tags = [x for x in (kernels, decode, prepack and f"prepack {prepack}") if x is not None]
+        prepack = None if prepack is None else prepack == "on"
         if tags:
             label = f"{label} [{', '.join(tags)}]"
         decode = decode or "auto"
@@ -236,11 +249,11 @@ def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, con
         if not ok:
             rows.append({"model": label, "gate": "fail", "gate_detail": how})
             continue
-        time_engine(model, 2, 16, 4, decode=decode)  # warm-up
+        time_engine(model, 2, 16, 4, decode=decode, prepack=prepack)  # warm-up
         for b in batches:
             r = {"model": label, "mode": "generate", "batch": b, "prompt_len": prompt_len, "gen_len": gen_len,
                  "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-                 **time_engine(model, b, prompt_len, gen_len, decode=decode)}
+                 **time_engine(model, b, prompt_len, gen_len, decode=decode, prepack=prepack)}
             r["roofline_ms"] = 1000 * step_bytes(model, b, prompt_len + gen_len // 2) / (env["copy_bandwidth_GBps"] * 1e9)
             if hf_baseline and getattr(model.config, "model_type", None) != "hybrid":
                 r["hf_tokens_per_s"] = time_hf(model, b, prompt_len, gen_len)["tokens_per_s"]
@@ -248,7 +261,7 @@ def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, con
             print(json.dumps(r))
         for c in contexts:
             r = {"model": label, "mode": "context", "batch": context_batch, "context": c,
-                 **time_context(model, context_batch, c, context_steps, decode=decode)}
+                 **time_context(model, context_batch, c, context_steps, decode=decode, prepack=prepack)}
             r["roofline_ms"] = 1000 * step_bytes(model, context_batch, c) / (env["copy_bandwidth_GBps"] * 1e9)
             rows.append(r)
             print(json.dumps(r))
@@ -283,8 +296,8 @@ def ratio_table(result: dict) -> str:
     if not rows:
         return "no results"
     base = rows[0]["model"]
-    lines = ["| model | setting | tok/s | TPOT ms | roofline ms | speed-up vs " + base + " | HF generate tok/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | setting | tok/s | TPOT ms | roofline ms | speed-up vs " + base +
+             " | HF generate tok/s | engine / HF |", "|---|---|---|---|---|---|---|---|"]
     ref = {}
     for r in rows:
         key = (r["mode"], r["batch"], r.get("context"), r.get("gen_len"))
@@ -297,7 +310,9 @@ def ratio_table(result: dict) -> str:
         tps = f"{r['tokens_per_s']:.1f}" if "tokens_per_s" in r else ""
         speed = f"{ref[key] / r['tpot_ms']:.2f}x" if key in ref else ""
         hf = f"{r['hf_tokens_per_s']:.1f}" if "hf_tokens_per_s" in r else ""
-        lines.append(f"| {r['model']} | {setting} | {tps} | {r['tpot_ms']:.1f} | {r['roofline_ms']:.1f} | {speed} | {hf} |")
+        vs_hf = f"{r['tokens_per_s'] / r['hf_tokens_per_s']:.2f}x" if hf else ""
+        lines.append(f"| {r['model']} | {setting} | {tps} | {r['tpot_ms']:.1f} | {r['roofline_ms']:.1f} | {speed} | {hf} "
+                     f"| {vs_hf} |")
     return "\n".join(lines)
 
 

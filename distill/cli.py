@@ -183,7 +183,7 @@ def cmd_bench_throughput(args) -> int:
 
     run_throughput(args.models, args.batch, args.prompt_len, args.gen_len, args.context or [], args.out,
                    hf_baseline=not args.no_hf, context_batch=args.context_batch, context_steps=args.context_steps,
-                   kernels=args.kernels, dtype=args.dtype, decode=args.decode)
+                   kernels=args.kernels, dtype=args.dtype, decode=args.decode, prepack=args.prepack)
     print(f"-> {args.out}/bench.json, bench.csv, bench.png")
     return 0
 
@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--decode", nargs="+", default=None, choices=["auto", "eager", "static", "graph"],
                     help="run every model with each of these engine decode steps (graph: CUDA graphs, CUDA only); "
                          "default auto alone (graph on CUDA where it applies)")
+    bt.add_argument("--prepack", nargs="+", default=None, choices=["on", "off"],
+                    help="run every model with its CPU linear layers on oneDNN-packed weights (on) and/or on "
+                         "F.linear (off), side by side; default: on for CPU models (hybrid.prepack)")
     bt.add_argument("--out", default="runs/bench")
     bt.set_defaults(func=cmd_bench_throughput)
 

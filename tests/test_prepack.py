@@ -1,0 +1,113 @@
+"""oneDNN-packed CPU linears (hybrid.prepack): same results as F.linear, current weights, nothing left behind."""
+import pytest
+import torch
+from helpers import assert_close, tiny_teacher
+from torch import nn
+from transformers import GenerationMixin
+
+import hybrid.prepack as prepack
+from distill import hybridize
+from hybrid.generation import SamplingParams, generate
+
+pytestmark = pytest.mark.skipif(not prepack._op_works(), reason="oneDNN packed linear does not run in this build")
+
+
+def _dtypes():
+    return [torch.float32] + ([torch.bfloat16] if prepack.dtype_supported(torch.bfloat16) else [])
+
+
+@pytest.mark.parametrize("dtype", _dtypes())
+@pytest.mark.parametrize("shape", [(1, 64), (3, 1, 64), (2, 63, 64), (16, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_equals_f_linear(shape, bias, dtype):
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 40, bias=bias).to(dtype)
+    x = torch.randn(*shape, dtype=dtype)
+    ref = nn.functional.linear(x, lin.weight, lin.bias)
+    with torch.no_grad(), prepack.prepacked_linears(lin) as n:
+        out = lin(x)
+    assert n == 1
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert_close(out, ref, what=f"packed linear {shape} bias={bias}")
+
+
+def test_model_logits_equal_and_the_model_is_restored():
+    model = tiny_teacher("qwen2")  # q/k/v biases
+    ids = torch.randint(3, 97, (2, 9))
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model(ids).logits
+        with prepack.prepacked_linears(model) as n:
+            out = model(ids).logits
+            assert all("forward" in vars(m) for m in linears)
+    assert n == len(linears) > 0
+    assert_close(out, ref, what="packed model logits")
+    assert not any("forward" in vars(m) for m in linears)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_gradients_inside_the_block_take_f_linear():
+    model = tiny_teacher("llama")
+    ids = torch.randint(3, 97, (2, 7))
+    model(ids).logits.square().mean().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with prepack.prepacked_linears(model):
+        model(ids).logits.square().mean().backward()
+    for n, p in model.named_parameters():
+        assert_close(p.grad, ref[n], what=n)
+
+
+def test_generation_packs_the_current_weights_each_call(monkeypatch):
+    model = hybridize(tiny_teacher("llama"), [1, 3]).eval()
+    calls = []
+    real = prepack._packed
+    monkeypatch.setattr(prepack, "_packed", lambda *a: calls.append(1) or real(*a))
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    p = SamplingParams(max_new_tokens=6)
+    first = generate(model, prompts, p, eos_token_id=[], prepack=True)
+    assert first.linear == "onednn-packed" and calls
+    # an in-place update that bypasses the version counter (.data), as some trainers write weights
+    with torch.no_grad():
+        model.lm_head.weight.data.copy_(torch.randn_like(model.lm_head.weight))
+    packed = generate(model, prompts, p, eos_token_id=[], prepack=True)
+    plain = generate(model, prompts, p, eos_token_id=[], prepack=False)
+    assert plain.linear == "aten"
+    assert packed.sequences == plain.sequences != first.sequences
+
+
+@pytest.mark.parametrize("kind", ["teacher", "mamba2", "mamba"])
+def test_packed_engine_greedy_equals_hf_greedy(kind):
+    model = tiny_teacher("llama")
+    if kind != "teacher":
+        model = hybridize(model, [0, 2], mixer=kind).eval()
+    prompt = [3, 17, 42, 8, 61]
+    ref = GenerationMixin.generate(model, torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12,
+                                   do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    out = generate(model, [prompt], SamplingParams(max_new_tokens=12), eos_token_id=[], prepack=True)
+    assert out.linear == "onednn-packed"
+    assert out.sequences[0] == ref
+
+
+def test_default_and_override(monkeypatch):
+    monkeypatch.delenv("HYBRID_PREPACK", raising=False)
+    assert prepack.prepack_default(torch.device("cpu"))
+    assert not prepack.prepack_default(torch.device("meta"))
+    monkeypatch.setenv("HYBRID_PREPACK", "0")
+    assert not prepack.prepack_default(torch.device("cpu"))
+    monkeypatch.setenv("HYBRID_PREPACK", "yes")
+    with pytest.raises(ValueError, match="HYBRID_PREPACK='yes'"):
+        prepack.prepack_default(torch.device("cpu"))
+
+
+def test_modules_owned_by_a_hook_or_not_plain_are_left_alone():
+    class Scaled(nn.Linear):
+        pass
+    hooked, sub = nn.Linear(8, 4), Scaled(8, 4)
+    hooked.forward = lambda x: x  # e.g. accelerate's hook wrapper
+    seq = nn.Sequential(hooked, nn.Linear(8, 8).half(), sub)
+    with torch.no_grad(), prepack.prepacked_linears(seq) as n:
+        assert n == 0
+    assert "forward" in vars(hooked)  # untouched, not removed
