@@ -31,8 +31,9 @@ def test_packed_linear_equals_f_linear(shape, bias, dtype):
     assert_close(out, ref, what=f"packed linear {shape} bias={bias}")
 
 
-def test_model_logits_equal_and_the_model_is_restored():
-    model = tiny_teacher("qwen2")  # q/k/v biases
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])  # qwen2: q/k/v biases; qwen3: q/k norms
+def test_model_logits_equal_and_the_model_is_restored(family):
+    model = tiny_teacher(family)
     ids = torch.randint(3, 97, (2, 9))
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -111,3 +112,23 @@ def test_modules_owned_by_a_hook_or_not_plain_are_left_alone():
     with torch.no_grad(), prepack.prepacked_linears(seq) as n:
         assert n == 0
     assert "forward" in vars(hooked)  # untouched, not removed
+
+
+def test_sibling_linears_share_one_gemm_in_any_order_and_see_input_changes(monkeypatch):
+    torch.manual_seed(0)
+    layer = tiny_teacher("qwen2").model.layers[0].self_attn  # q/k/v with biases
+    q, k, v = layer.q_proj, layer.k_proj, layer.v_proj
+    x = torch.randn(2, 3, 64)
+    calls = []
+    real = prepack._packed
+    monkeypatch.setattr(prepack, "_packed", lambda *a: calls.append(a[1].shape) or real(*a))
+    with torch.no_grad(), prepack.prepacked_linears(layer) as n:
+        ref = [nn.functional.linear(x, m.weight, m.bias) for m in (q, k, v)]
+        outs = [v(x), q(x), k(x)]  # one GEMM for all three, whatever the order
+        assert len(calls) == 1 and n == 4  # q, k, v grouped; o_proj alone
+        assert_close(outs[0], ref[2], what="v")
+        assert_close(outs[1], ref[0], what="q")
+        assert_close(outs[2], ref[1], what="k")
+        assert_close(q(x), ref[0], what="q again")  # a second call for the same input recomputes
+        x.mul_(2)  # the same tensor, changed in place: its pending slices are stale
+        assert_close(k(x), nn.functional.linear(x, k.weight, k.bias), what="k after an in-place change")

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Throughput of SmolLM2-135M vs hybrids made from it (transfer-initialised: enough for speed), one engine, one run;
-# then accuracy under time budgets on synthetic math. Writes runs/bench-smollm2/{bench,time_budget}.{json,png}.
+# the teacher with and without oneDNN-packed linears; then accuracy under time budgets on synthetic math.
+# Writes runs/bench-smollm2/{bench,time_budget}.{json,png} and runs/bench-smollm2/prepack/bench.*.
 set -euo pipefail
 out=${1:-runs/bench-smollm2}
 hybrid-distill bench throughput \
   --models smollm2-135m smollm2-135m@attn=0.5 smollm2-135m@attn=0.25 smollm2-135m@attn=0 \
   --batch 1 16 --prompt-len 256 --gen-len 256 --context 512 2048 4096 --out "$out"
+# where the engine's margin over HF generate comes from: the same engine with F.linear (prepack off) beside it
+hybrid-distill bench throughput --models smollm2-135m --batch 1 16 --prompt-len 256 --gen-len 256 --prepack on off \
+  --out "$out/prepack"
 hybrid-distill eval time-budget --models smollm2-135m "${2:-smollm2-135m@attn=0.25}" \
   --tasks synthetic:test:levels=1 --n 12 --samples 4 --max-new-tokens 96 --batch-candidates 4 16 \
   --budgets 0.5 1 2 4 8 16 --out "$out"
