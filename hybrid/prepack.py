@@ -10,8 +10,7 @@ threads), one run of `python -m hybrid.prepack` (16 rows, float32, median of 40 
 
 MKL picks slower code paths on non-Intel CPUs; on Intel CPUs the margin may be smaller (run the module to see).
 Every nn.Linear on the CPU is packed on entry of `prepacked_linears` (so it uses the current weights: a GRPO
-rollout after an optimizer step packs the new ones) and restored on exit; linears that read the same input
-(attention q/k/v, MLP gate/up) are packed as one matrix and run as one GEMM; nothing persists, nothing is written
+rollout after an optimizer step packs the new ones) and restored on exit; nothing persists, nothing is written
 to the model's parameters. The packed op has no backward, so a call with gradients enabled takes `F.linear`.
 Results equal `F.linear` up to float rounding (another summation order; tests/test_prepack.py).
 """
@@ -70,54 +69,6 @@ def _packable(m: nn.Module) -> bool:
             and dtype_supported(w.dtype) and "forward" not in vars(m))  # an instance forward: a hook owns it
 
 
-# Linears of one teacher layer that read the same input (transformers' Llama-family names): one GEMM over their
-# stacked weights instead of two or three smaller ones.
-SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-
-
-class _Group:
-    """One packed GEMM for sibling linears; each member takes its slice of the output for the same input."""
-
-    def __init__(self, members: list[nn.Linear]):
-        self.members = members
-        self.packed = torch.cat([m.weight.detach() for m in members]).to_mkldnn()  # [sum out, in]
-        self.bias = None if members[0].bias is None else torch.cat([m.bias.detach() for m in members])
-        self.sizes = [m.out_features for m in members]
-        self.key, self.outs = None, None  # the input the pending slices belong to, and those slices
-
-    def take(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        # recompute unless this member's slice is pending for this very input, unmodified since (_version)
-        if self.key is None or self.key[0] is not x or self.key[1] != x._version or self.outs[i] is None:
-            self.key = (x, x._version)
-            self.outs = [y.contiguous() for y in _packed(x, self.packed, self.bias).split(self.sizes, dim=-1)]
-        y, self.outs[i] = self.outs[i], None
-        if all(o is None for o in self.outs):
-            self.key = self.outs = None
-        return y
-
-
-def _sibling_groups(model: nn.Module) -> list[list[nn.Linear]]:
-    groups = []
-    for parent in model.modules():
-        for names in SIBLINGS:
-            ms = [getattr(parent, n, None) for n in names]
-            if all(isinstance(m, nn.Linear) and _packable(m) for m in ms) and \
-                    len({(m.in_features, m.weight.dtype, m.bias is None) for m in ms}) == 1:
-                groups.append(ms)
-    return groups
-
-
-class _GroupedForward:
-    def __init__(self, group: _Group, i: int):
-        self.group, self.i = group, i
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.group.members[self.i]
-        if torch.is_grad_enabled() or x.dtype != m.weight.dtype or x.device.type != "cpu":
-            return F.linear(x, m.weight, m.bias)
-        return self.group.take(self.i, x)
-
-
 class _PackedForward:
     def __init__(self, module: nn.Linear):
         self.module = module
@@ -133,20 +84,12 @@ class _PackedForward:
 @contextlib.contextmanager
 def prepacked_linears(model: nn.Module, enabled: bool = True):
     """Inside this block every packable nn.Linear of `model` (CPU, float32 or bfloat16 where oneDNN has it) runs
-    on a oneDNN-packed copy of its weight taken on entry; sibling linears (SIBLINGS) share one packed GEMM.
-    Yields the number of linear layers packed."""
+    on a oneDNN-packed copy of its weight taken on entry. Yields the number of layers packed."""
     mods = [m for m in model.modules() if isinstance(m, nn.Linear) and _packable(m)] if enabled and _op_works() \
         else []
     try:
-        grouped = set()
-        for members in _sibling_groups(model) if mods else []:
-            group = _Group(members)
-            for i, m in enumerate(members):
-                m.forward = _GroupedForward(group, i)
-                grouped.add(m)
         for m in mods:
-            if m not in grouped:
-                m.forward = _PackedForward(m)
+            m.forward = _PackedForward(m)
         yield len(mods)
     finally:
         for m in mods:

@@ -283,6 +283,27 @@ def test_bench_throughput_runs_each_kernel_setting_in_the_requested_dtype(tmp_pa
     assert all(r["dtype"] == "bfloat16" for r in rows if r["mode"] == "generate")
 
 
+def test_bench_throughput_runs_the_teacher_with_packed_and_plain_linears(tmp_path):
+    import json
+
+    from distill.bench import ratio_table, run_throughput
+    from hybrid.prepack import _op_works
+    folder = tmp_path / "t"
+    tiny_teacher("llama").save_pretrained(folder)
+    with pytest.raises(ValueError, match="prepack='maybe'"):
+        run_throughput([str(folder)], [2], 8, 4, [], str(tmp_path / "bench"), prepack=["maybe"])
+    result = run_throughput([str(folder)], [2], 8, 4, [32], str(tmp_path / "bench"), context_steps=2,
+                            prepack=["on", "off"])
+    assert json.loads((tmp_path / "bench" / "bench.json").read_text()) == json.loads(json.dumps(result))
+    rows = result["results"]
+    linear = {r["model"].split(" [", 1)[1]: r["linear"] for r in rows}
+    assert linear == {"prepack on]": "onednn-packed" if _op_works() else "aten", "prepack off]": "aten"}
+    gen = [r for r in rows if r["mode"] == "generate"]
+    assert len(gen) == 2 and all(r["hf_tokens_per_s"] > 0 for r in gen)
+    table = ratio_table(result)
+    assert all(f"{r['tokens_per_s'] / r['hf_tokens_per_s']:.2f}x" in table for r in gen)
+
+
 @pytest.mark.parametrize("kind,kernels", [("teacher", "auto"), ("mamba2", "csrc"), ("mamba2", "torch"),
                                           ("mamba", "csrc"), ("mamba", "torch")])
 def test_static_decode_step_equals_the_eager_step(kind, kernels, monkeypatch):
