@@ -4,11 +4,13 @@ PyTorch's dense CPU `F.linear` runs MKL's sgemm. At decode shapes (a batch of ro
 with the weight reordered into its own blocked layout is faster; on this project's AMD EPYC machine (AVX-512, 2
 threads), one run of `python -m hybrid.prepack` (16 rows, float32, median of 40 calls):
 
-    576 -> 1536 (SmolLM2 MLP up)     F.linear 362 us   packed 190 us
-    1536 -> 576 (SmolLM2 MLP down)   F.linear 205 us   packed 117 us
-    576 -> 49152 (vocabulary head)   F.linear 14.4 ms  packed 5.3 ms
+    576 -> 576   (SmolLM2 attention q/o)   F.linear    96 us   packed    71 us   1.34x
+    576 -> 1536  (SmolLM2 MLP up)          F.linear   257 us   packed   164 us   1.56x
+    1536 -> 576  (SmolLM2 MLP down)        F.linear   246 us   packed   128 us   1.92x
+    576 -> 49152 (vocabulary head)         F.linear  12.8 ms   packed   5.3 ms   2.41x
 
-MKL picks slower code paths on non-Intel CPUs; on Intel CPUs the margin may be smaller (run the module to see).
+MKL is known to take slower code paths on non-Intel CPUs; on Intel CPUs the margin may be smaller (not measured
+here: run the module to see).
 Every nn.Linear on the CPU is packed on entry of `prepacked_linears` (so it uses the current weights: a GRPO
 rollout after an optimizer step packs the new ones) and restored on exit; nothing persists, nothing is written
 to the model's parameters. The packed op has no backward, so a call with gradients enabled takes `F.linear`.
@@ -81,12 +83,34 @@ class _PackedForward:
         return _packed(x, self.packed, m.bias)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (MemAvailable), or None where /proc/meminfo does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 @contextlib.contextmanager
 def prepacked_linears(model: nn.Module, enabled: bool = True):
     """Inside this block every packable nn.Linear of `model` (CPU, float32 or bfloat16 where oneDNN has it) runs
-    on a oneDNN-packed copy of its weight taken on entry. Yields the number of layers packed."""
+    on a oneDNN-packed copy of its weight taken on entry. Yields the number of layers packed.
+
+    The copies take as much memory as those weights; where they would take more than half of what the system has
+    available, nothing is packed (one warning): a slower generation rather than an out-of-memory kill."""
     mods = [m for m in model.modules() if isinstance(m, nn.Linear) and _packable(m)] if enabled and _op_works() \
         else []
+    need, avail = sum(m.weight.numel() * m.weight.element_size() for m in mods), available_memory()
+    if mods and avail is not None and need > avail // 2:
+        if "memory" not in _state:
+            _state["memory"] = True
+            warnings.warn(f"not packing linear weights for oneDNN: the copies need {need / 2**30:.1f} GiB and "
+                          f"{avail / 2**30:.1f} GiB is available; using F.linear", stacklevel=3)
+        mods = []
     try:
         for m in mods:
             m.forward = _PackedForward(m)

@@ -113,3 +113,15 @@ def test_modules_owned_by_a_hook_or_not_plain_are_left_alone():
         assert n == 0
     assert "forward" in vars(hooked)  # untouched, not removed
 
+
+
+def test_nothing_is_packed_where_the_copies_would_not_fit(monkeypatch):
+    lin = nn.Linear(64, 64)  # 16 KiB of weight
+    monkeypatch.setattr(prepack, "available_memory", lambda: 20 << 10)
+    monkeypatch.delitem(prepack._state, "memory", raising=False)
+    with pytest.warns(UserWarning, match="not packing linear weights"):
+        with torch.no_grad(), prepack.prepacked_linears(lin) as n:
+            assert n == 0 and "forward" not in vars(lin)
+    monkeypatch.setattr(prepack, "available_memory", lambda: 40 << 10)
+    with torch.no_grad(), prepack.prepacked_linears(lin) as n:
+        assert n == 1
