@@ -6,7 +6,10 @@ set -euo pipefail
 out=${1:-runs/bench-smollm2}
 hybrid-distill bench throughput \
   --models smollm2-135m smollm2-135m@attn=0.5 smollm2-135m@attn=0.25 smollm2-135m@attn=0 \
-  --batch 1 16 --prompt-len 256 --gen-len 256 --context 512 2048 4096 --out "$out"
+  --batch 1 16 --prompt-len 256 --gen-len 256 --context 128 256 512 2048 4096 --out "$out"
+# where the 50 % hybrid overtakes the teacher: short contexts, 32 steps each (the median of more steps: less noise)
+hybrid-distill bench throughput --models smollm2-135m smollm2-135m@attn=0.5 --batch 16 --prompt-len 64 --gen-len 16 \
+  --context 64 128 256 512 1024 --context-steps 32 --no-hf --out "$out/crossover"
 # where the engine's margin over HF generate comes from: the same engine with F.linear (prepack off) beside it
 hybrid-distill bench throughput --models smollm2-135m --batch 1 16 --prompt-len 256 --gen-len 256 --prepack on off \
   --out "$out/prepack"
