@@ -200,22 +200,46 @@ def resolve_decode(model, decode: str, dev: torch.device) -> str:
     return decode
 
 
+def _candidates(logits: torch.Tensor, p: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distribution a sampled token is drawn from, as (probs [b, k], token ids [b, k]): softmax(logits / T),
+    cut to the top_k largest (ties with the k-th kept) and to the nucleus (tokens whose more probable predecessors
+    hold at most top_p of the mass), renormalised by the draw. Probabilities in descending order.
+
+    The nucleus is searched among the 64 most probable tokens first, then 1024, then the sorted vocabulary, each
+    time a row's nucleus may reach beyond the last: a peaked distribution costs a top-k, not a sort."""
+    probs = torch.softmax(logits.float() / p.temperature, -1)  # [b, V]
+    V = probs.shape[-1]
+    if p.top_k and p.top_k < V:
+        kth = torch.topk(probs, p.top_k, dim=-1).values[:, -1:]
+        probs = probs.masked_fill(probs < kth, 0)
+        probs = probs / probs.sum(-1, keepdim=True)  # the nucleus is a share of the top-k distribution
+    if p.top_p >= 1.0:
+        return probs, torch.arange(V, device=probs.device).expand_as(probs)
+    for k in (64, 1024, V):
+        k = min(k, V)
+        # sorted, descending; a flat distribution ends in a sort of the vocabulary (cheaper than its top-V)
+        vals, idx = torch.sort(probs, descending=True, dim=-1) if k == V else torch.topk(probs, k, dim=-1)
+        before = vals.cumsum(-1) - vals  # mass of the more probable tokens
+        # all of a row's nucleus lies in its top k once the first token left out has more than top_p before it
+        if k == V or bool((before[:, -1] + vals[:, -1] > p.top_p).all()):
+            return vals.masked_fill(before > p.top_p, 0), idx
+
+
+def _draw(probs: torch.Tensor, ids: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """One token per row from unnormalised probs [b, k] over ids [b, k], by inverse CDF: one uniform number per
+    row (torch.multinomial draws from the generator per vocabulary entry: ~15 ms a step at 16 x 49152 here)."""
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), generator=gen, device=probs.device, dtype=torch.float64) * cdf[:, -1:]
+    # first index whose CDF exceeds u: a token of zero probability spans an empty interval and is never hit
+    at = torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
+    return ids.gather(-1, at)[:, 0]
+
+
 def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
     """[b, V] -> [b] next tokens."""
     if p.temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / p.temperature
-    if p.top_k:
-        kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if p.top_p < 1.0:
-        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
-        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
-        drop = cum - torch.softmax(sorted_logits, -1) > p.top_p  # keep the smallest set reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-    probs = torch.softmax(logits, -1)
-    return torch.multinomial(probs, 1, generator=gen)[:, 0]
+    return _draw(*_candidates(logits, p), gen)
 
 
 @dataclass
