@@ -161,6 +161,13 @@ def time_context(model, batch, context, steps=8, seed=0, decode="auto", prepack=
 
 
 def _time_context(model, batch, context, steps, seed, decode, dev) -> dict:
+    mode, step = _context_stepper(model, batch, context, steps, seed, decode, dev)
+    times = sorted(step(s) for s in range(steps))
+    return {"tpot_ms": 1000 * times[len(times) // 2], "decode": mode}  # median step
+
+
+def _context_stepper(model, batch, context, steps, seed, decode, dev):
+    """Prefill `context` tokens into a fresh cache; returns (decode mode, step(s) -> seconds of decode step s)."""
     mode = resolve_decode(model, decode, dev)
     total = context + steps + 1
     ids = torch.tensor(_prompts(batch, context, model.config.vocab_size, seed), device=dev)
@@ -169,22 +176,47 @@ def _time_context(model, batch, context, steps, seed, decode, dev) -> dict:
     pos = torch.arange(context, device=dev)[None].expand(batch, -1)
     logits = model(input_ids=ids, attention_mask=mask[:, :context], position_ids=pos, cache=cache, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
-    nxt = logits.argmax(-1)
-    step = StaticDecodeStep(model, cache, mask[:, :context], total, graph=mode == "graph") if mode != "eager" else None
+    state = {"next": logits.argmax(-1)}
+    fixed = StaticDecodeStep(model, cache, mask[:, :context], total, graph=mode == "graph") if mode != "eager" else None
     clock = _clock(model)
-    times = []
-    for s in range(steps):
+
+    def step(s: int) -> float:
         p = torch.full((batch, 1), context + s, device=dev)
         t0 = clock()
-        if step is not None:
-            logits = step(nxt, p, context + s)
+        if fixed is not None:
+            logits = fixed(state["next"], p, context + s)
         else:
-            logits = model(input_ids=nxt[:, None], attention_mask=mask[:, :context + s + 1], position_ids=p,
+            logits = model(input_ids=state["next"][:, None], attention_mask=mask[:, :context + s + 1], position_ids=p,
                            cache=cache, use_cache=True).logits[:, -1]
-        nxt = logits.argmax(-1)
-        times.append(clock() - t0)
-    times.sort()
-    return {"tpot_ms": 1000 * times[len(times) // 2], "decode": mode}  # median step
+        state["next"] = logits.argmax(-1)
+        return clock() - t0
+    return mode, step
+
+
+@torch.no_grad()
+def time_contexts_interleaved(entries, batch, context, steps=8, seed=0) -> dict:
+    """Time per output token at `context` for several models, one decode step of each in turn, so drift of the
+    machine's speed over minutes lands on every model alike (timing the models one after another puts it between
+    them). entries: {label: (model, kernels, decode, prepack)}, kernels the HYBRID_KERNELS setting to step it under.
+    Returns {label: row fields}."""
+    import contextlib
+    with contextlib.ExitStack() as stack:
+        steppers = {}
+        for label, (model, kernels, decode, prepack) in entries.items():
+            if kernels is not None:
+                os.environ["HYBRID_KERNELS"] = kernels
+            dev = next(model.parameters()).device
+            packed = stack.enter_context(prepacked_linears(model, prepack_default(dev) if prepack is None else prepack))
+            mode, step = _context_stepper(model, batch, context, steps, seed, decode or "auto", dev)
+            steppers[label] = (kernels, mode, step, "onednn-packed" if packed else "aten")
+        times = {label: [] for label in steppers}
+        for s in range(steps):
+            for label, (kernels, _, step, _) in steppers.items():
+                if kernels is not None:
+                    os.environ["HYBRID_KERNELS"] = kernels
+                times[label].append(step(s))
+    return {label: {"tpot_ms": 1000 * sorted(times[label])[steps // 2], "decode": mode, "linear": linear,
+                    "interleaved": True} for label, (_, mode, _, linear) in steppers.items()}
 
 
 def environment() -> dict:
@@ -198,11 +230,13 @@ def environment() -> dict:
 
 
 def run_throughput(specs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline=True, context_batch=16,
-                   context_steps=8, kernels=None, dtype=None, decode=None, prepack=None) -> dict:
+                   context_steps=8, kernels=None, dtype=None, decode=None, prepack=None, interleave=False) -> dict:
     """kernels: HYBRID_KERNELS settings to run every hybrid under (e.g. ["torch", "csrc"]); None: as configured.
     dtype: load every model in this dtype (e.g. "bfloat16"); None: as stored.
     decode: engine decode steps to run every model with (e.g. ["eager", "graph"]); None: "auto" alone.
-    prepack: engine linear settings to run every model with, "on" / "off" (hybrid.prepack); None: the default."""
+    prepack: engine linear settings to run every model with, "on" / "off" (hybrid.prepack); None: the default.
+    interleave: time the context rows of all models together, a step of each in turn (time_contexts_interleaved;
+    every model stays loaded), instead of model after model."""
     for p in prepack or []:
         if p not in ("on", "off"):
             raise ValueError(f"prepack={p!r}: each setting is 'on' or 'off'")
@@ -211,7 +245,7 @@ def run_throughput(specs, batches, prompt_len, gen_len, contexts, out_dir, hf_ba
         ks = kernels if kernels and ("@" in spec or _is_hybrid_path(spec)) else [None]
         runs += [(spec, k, d, p) for k in ks for d in (decode or [None]) for p in (prepack or [None])]
     return _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps,
-                dtype)
+                dtype, interleave)
 
 
 def _is_hybrid_path(spec: str) -> bool:
@@ -220,13 +254,14 @@ def _is_hybrid_path(spec: str) -> bool:
 
 
 def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps,
-         dtype=None) -> dict:
+         dtype=None, interleave=False) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     env = environment()
     env["dtype"] = dtype or "as stored"
     env["copy_bandwidth_GBps"] = copy_bandwidth(device="cuda" if torch.cuda.is_available() else "cpu") / 1e9
     print("environment:", json.dumps(env))
     rows = []
+    kept = {}  # label -> (model, kernels, decode, prepack): the models whose context rows are timed interleaved
     for spec, kernels, decode, prepack in runs:
         if kernels is not None:
             os.environ["HYBRID_KERNELS"] = kernels
@@ -259,6 +294,9 @@ def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, con
                 r["hf_tokens_per_s"] = time_hf(model, b, prompt_len, gen_len)["tokens_per_s"]
             rows.append(r)
             print(json.dumps(r))
+        if interleave:
+            kept[label] = (model, kernels, decode, prepack)
+            continue
         for c in contexts:
             r = {"model": label, "mode": "context", "batch": context_batch, "context": c,
                  **time_context(model, context_batch, c, context_steps, decode=decode, prepack=prepack)}
@@ -267,6 +305,14 @@ def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, con
             print(json.dumps(r))
         del model
         _write(out_dir, {"environment": env, "results": rows})  # after every model: an interrupted run keeps these
+    for c in contexts if kept else []:
+        for label, timed in time_contexts_interleaved(kept, context_batch, c, context_steps).items():
+            r = {"model": label, "mode": "context", "batch": context_batch, "context": c, **timed,
+                 "roofline_ms": 1000 * step_bytes(kept[label][0], context_batch, c) / (env["copy_bandwidth_GBps"] * 1e9)}
+            rows.append(r)
+            print(json.dumps(r))
+        _write(out_dir, {"environment": env, "results": rows})
+    kept.clear()
     result = {"environment": env, "results": rows}
     _write(out_dir, result)
     plot_throughput(result, os.path.join(out_dir, "bench.png"))

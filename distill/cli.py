@@ -183,7 +183,8 @@ def cmd_bench_throughput(args) -> int:
 
     run_throughput(args.models, args.batch, args.prompt_len, args.gen_len, args.context or [], args.out,
                    hf_baseline=not args.no_hf, context_batch=args.context_batch, context_steps=args.context_steps,
-                   kernels=args.kernels, dtype=args.dtype, decode=args.decode, prepack=args.prepack)
+                   kernels=args.kernels, dtype=args.dtype, decode=args.decode, prepack=args.prepack,
+                   interleave=args.interleave)
     print(f"-> {args.out}/bench.json, bench.csv, bench.png")
     return 0
 
@@ -347,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--prepack", nargs="+", default=None, choices=["on", "off"],
                     help="run every model with its CPU linear layers on oneDNN-packed weights (on) and/or on "
                          "F.linear (off), side by side; default: on for CPU models (hybrid.prepack)")
+    bt.add_argument("--interleave", action="store_true",
+                    help="time the --context rows of all models together, one decode step of each in turn (all "
+                         "models stay loaded), so drift of the machine's speed lands on every model alike")
     bt.add_argument("--out", default="runs/bench")
     bt.set_defaults(func=cmd_bench_throughput)
 

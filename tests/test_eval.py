@@ -399,3 +399,25 @@ def test_bench_correctness_gate_passes_equal_and_near_tied_tokens_only(monkeypat
     monkeypatch.setattr(bench, "generate", engine_picking(worst))
     ok, how = bench.correctness_gate(model, None)
     assert not ok and how.startswith("differs at token 0")
+
+
+def test_bench_interleaved_context_rows_time_every_model_in_turn(tmp_path, monkeypatch):
+    import distill.bench as bench
+    t, h = tmp_path / "t", tmp_path / "h"
+    teacher = tiny_teacher("llama")
+    teacher.save_pretrained(t)
+    hybridize(teacher, [1, 3], chunk_size=16).save_pretrained(h)
+    order = []
+    real = bench._context_stepper
+
+    def spy(model, *a):  # record which model each timed step belongs to
+        mode, step = real(model, *a)
+        name = type(model).__name__
+        return mode, lambda s: order.append(name) or step(s)
+    monkeypatch.setattr(bench, "_context_stepper", spy)
+    result = bench.run_throughput([str(t), str(h)], [2], 8, 4, [32, 48], str(tmp_path / "bench"), hf_baseline=False,
+                                  context_steps=3, interleave=True)
+    ctx = [r for r in result["results"] if r["mode"] == "context"]
+    assert [(r["model"], r["context"]) for r in ctx] == [(str(t), 32), (str(h), 32), (str(t), 48), (str(h), 48)]
+    assert all(r["interleaved"] and r["tpot_ms"] > 0 for r in ctx)
+    assert order == ["LlamaForCausalLM", "HybridForCausalLM"] * 6  # a step of each in turn, 3 steps x 2 contexts
