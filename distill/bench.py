@@ -27,7 +27,7 @@ from transformers import GenerationMixin
 
 from hybrid import load_pretrained
 from hybrid.generation import SamplingParams, StaticDecodeStep, generate, resolve_decode, static_cache
-from hybrid.prepack import prepack_default, prepacked_linears
+from hybrid.prepack import prepacked_linears
 
 
 def load_spec(spec: str, need_tokenizer: bool = False, dtype=None):
@@ -155,7 +155,7 @@ def time_context(model, batch, context, steps=8, seed=0, decode="auto", prepack=
     with the decode step `decode` (see hybrid.generation: eager, static, graph; auto picks as generate does) and
     the linear layers as generate would run them (`prepack`, see hybrid.prepack)."""
     dev = next(model.parameters()).device
-    with prepacked_linears(model, prepack_default(dev) if prepack is None else prepack) as packed:
+    with prepacked_linears(model, prepack) as packed:
         return {**_time_context(model, batch, context, steps, seed, decode, dev),
                 "linear": "onednn-packed" if packed else "aten"}
 
@@ -206,7 +206,7 @@ def time_contexts_interleaved(entries, batch, context, steps=8, seed=0) -> dict:
             if kernels is not None:
                 os.environ["HYBRID_KERNELS"] = kernels
             dev = next(model.parameters()).device
-            packed = stack.enter_context(prepacked_linears(model, prepack_default(dev) if prepack is None else prepack))
+            packed = stack.enter_context(prepacked_linears(model, prepack))
             mode, step = _context_stepper(model, batch, context, steps, seed, decode or "auto", dev)
             steppers[label] = (kernels, mode, step, "onednn-packed" if packed else "aten")
         times = {label: [] for label in steppers}
@@ -312,7 +312,6 @@ def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, con
             rows.append(r)
             print(json.dumps(r))
         _write(out_dir, {"environment": env, "results": rows})
-    kept.clear()
     result = {"environment": env, "results": rows}
     _write(out_dir, result)
     plot_throughput(result, os.path.join(out_dir, "bench.png"))
@@ -489,4 +488,56 @@ def run_ops(batches=(1, 16, 64), reps: int = 20, out_dir: str | None = None, sca
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "ops.json"), "w") as f:
             json.dump(rows, f, indent=1)
+    return rows
+
+
+def reference_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The sampling distribution by its definition: softmax(logits / T) over the top_k logits, then the nucleus
+    (tokens with at most top_p of the mass before them) from a full sort, renormalised. [b, V] -> [b, V]."""
+    z = logits.float() / p.temperature
+    if p.top_k:
+        z = z.masked_fill(z < torch.topk(z, min(p.top_k, z.shape[-1]), dim=-1).values[:, -1:], float("-inf"))
+    probs = torch.softmax(z, -1)
+    if p.top_p < 1.0:
+        sp, si = torch.sort(probs, descending=True, dim=-1)
+        sp = sp.masked_fill(sp.cumsum(-1) - sp > p.top_p, 0)
+        probs = torch.zeros_like(probs).scatter(-1, si, sp)
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def reference_sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
+    """`reference_probs` drawn by torch.multinomial (the engine's sampler before its top-k nucleus and inverse-CDF
+    draw). [b, V] -> [b]."""
+    return torch.multinomial(reference_probs(logits, p), 1, generator=gen)[:, 0]
+
+
+def run_sampler(batch: int = 16, vocab: int = 49152, reps: int = 20) -> list[dict]:
+    """`hybrid-distill bench sampler`: the engine's sampler vs `reference_sample`, median ms per call, on random
+    logits scaled to a peaked and a flat next-token distribution. Gate: both draw only tokens the other's
+    distribution allows (the engine's candidates are tested against the definition in tests/test_sampling.py)."""
+    from hybrid.generation import _candidates, _sample
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for shape, scale in (("peaked", 4.0), ("flat", 0.5)):
+        logits = torch.randn(batch, vocab, generator=g) * scale
+        for p in (SamplingParams(temperature=0.7), SamplingParams(temperature=0.7, top_p=0.95)):
+            probs, ids = _candidates(logits, p)
+            allowed = torch.zeros(batch, vocab, dtype=torch.bool).scatter_(-1, ids, probs > 0)
+            ok = all(bool(allowed.gather(-1, f(logits, p, g)[:, None]).all()) for f in (_sample, reference_sample))
+
+            def median(fn):
+                ts = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    fn()
+                    ts.append(time.perf_counter() - t0)
+                return 1000 * sorted(ts)[reps // 2]
+            row = {"distribution": shape, "temperature": p.temperature, "top_p": p.top_p, "batch": batch,
+                   "vocab": vocab, "gate": "pass" if ok else "FAIL"}
+            if ok:
+                row["reference_ms"] = median(lambda: reference_sample(logits, p, g))
+                row["engine_ms"] = median(lambda: _sample(logits, p, g))
+                row["speedup"] = row["reference_ms"] / row["engine_ms"]
+            rows.append(row)
+            print(json.dumps(row))
     return rows

@@ -264,6 +264,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench_sampler(args) -> int:
+    from .bench import run_sampler
+
+    run_sampler(args.batch, args.vocab, args.reps)
+    return 0
+
+
 def cmd_bench_ops(args) -> int:
     from .bench import run_ops
 
@@ -420,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--atol", type=float, default=1e-4, help="logit tolerance of the self-check")
     ex.set_defaults(func=cmd_export)
 
+    bs = bsub.add_parser("sampler", help="the engine's sampler against the sampler by its definition (multinomial)")
+    bs.add_argument("--batch", type=int, default=16)
+    bs.add_argument("--vocab", type=int, default=49152)
+    bs.add_argument("--reps", type=int, default=20)
+    bs.set_defaults(func=cmd_bench_sampler)
     bo = bsub.add_parser("ops", help="the project's kernels against their PyTorch twins, at real mixer shapes")
     bo.add_argument("--batch", nargs="+", type=int, default=[1, 16, 64])
     bo.add_argument("--reps", type=int, default=20)

@@ -28,9 +28,9 @@ Decode step modes (`decode=`):
 The static step needs full attention layers (sliding-window layers keep a rolling buffer) and the sdpa or eager
 attention implementation; `static_decode_unsupported` names what is in the way. Sampling stays outside the graph.
 
-On a CPU the decode step of a small model is bound by its weight GEMMs (76 % of a SmolLM2-135M batch-16 step is
+On a CPU the decode step of a small model is bound by its weight GEMMs (most of a SmolLM2-135M batch-16 step is
 aten::mm with F.linear, by torch.profiler), which is why packing the weights for oneDNN is the engine's largest
-gain over HF generate there.
+gain over HF generate there (`bench throughput --prepack on off`).
 
 `HybridForCausalLM.generate()` routes here when it is called with nothing but inputs, lengths, sampling
 settings and token ids (`generate_like_hf`); anything else (streamers, logits processors, beams, output_* flags)
@@ -44,7 +44,7 @@ import torch
 from transformers.cache_utils import Cache, StaticLayer
 
 from .cache import cache_layers, teacher_attention_kinds
-from .prepack import prepack_default, prepacked_linears
+from .prepack import prepacked_linears
 
 DECODE_MODES = ("auto", "eager", "static", "graph")
 _warned: set[str] = set()
@@ -227,7 +227,8 @@ def _candidates(logits: torch.Tensor, p: SamplingParams) -> tuple[torch.Tensor, 
 
 def _draw(probs: torch.Tensor, ids: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     """One token per row from unnormalised probs [b, k] over ids [b, k], by inverse CDF: one uniform number per
-    row (torch.multinomial draws from the generator per vocabulary entry: ~15 ms a step at 16 x 49152 here)."""
+    row (torch.multinomial draws from the generator per vocabulary entry; `hybrid-distill bench sampler` times
+    both)."""
     cdf = probs.double().cumsum(-1)
     u = torch.rand((probs.shape[0], 1), generator=gen, device=probs.device, dtype=torch.float64) * cdf[:, -1:]
     # first index whose CDF exceeds u: a token of zero probability spans an empty interval and is never hit
@@ -273,7 +274,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
     clock = timer or time.perf_counter
     dev = next(model.parameters()).device
     t0 = clock()
-    with prepacked_linears(model, prepack_default(dev) if prepack is None else prepack) as packed:
+    with prepacked_linears(model, prepack) as packed:
         out = _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clock, t0, on_step, decode)
     out.linear = "onednn-packed" if packed else "aten"
     return out

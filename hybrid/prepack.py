@@ -66,9 +66,8 @@ def prepack_default(device: torch.device) -> bool:
 
 
 def _packable(m: nn.Module) -> bool:
-    w = m.weight
-    return (type(m) is nn.Linear and type(w) is nn.Parameter and w.device.type == "cpu"  # not DTensor / meta
-            and dtype_supported(w.dtype) and "forward" not in vars(m))  # an instance forward: a hook owns it
+    return (type(m) is nn.Linear and type(m.weight) is nn.Parameter and m.weight.device.type == "cpu"  # not DTensor
+            and dtype_supported(m.weight.dtype) and "forward" not in vars(m))  # an instance forward: a hook owns it
 
 
 class _PackedForward:
@@ -96,14 +95,16 @@ def available_memory() -> int | None:
 
 
 @contextlib.contextmanager
-def prepacked_linears(model: nn.Module, enabled: bool = True):
+def prepacked_linears(model: nn.Module, enabled: bool | None = None):
     """Inside this block every packable nn.Linear of `model` (CPU, float32 or bfloat16 where oneDNN has it) runs
     on a oneDNN-packed copy of its weight taken on entry. Yields the number of layers packed.
+    enabled None: `prepack_default` for the model's device.
 
     The copies take as much memory as those weights; where they would take more than half of what the system has
     available, nothing is packed (one warning): a slower generation rather than an out-of-memory kill."""
-    mods = [m for m in model.modules() if isinstance(m, nn.Linear) and _packable(m)] if enabled and _op_works() \
-        else []
+    if enabled is None:
+        enabled = prepack_default(next(model.parameters()).device)
+    mods = [m for m in model.modules() if _packable(m)] if enabled and _op_works() else []
     need, avail = sum(m.weight.numel() * m.weight.element_size() for m in mods), available_memory()
     if mods and avail is not None and need > avail // 2:
         if "memory" not in _state:

@@ -4,20 +4,12 @@ import pytest
 import torch
 from helpers import assert_close
 
+import distill.bench as bench
 from hybrid.generation import SamplingParams, _candidates, _draw, _sample
 
 
 def reference_probs(logits, temperature, top_k, top_p):
-    """softmax(logits / T) over the top_k logits, then the nucleus by a full sort, renormalised: [b, V]."""
-    z = logits.double() / temperature
-    if top_k:
-        z = z.masked_fill(z < torch.topk(z, min(top_k, z.shape[-1]), dim=-1).values[:, -1:], float("-inf"))
-    probs = torch.softmax(z, -1)
-    if top_p < 1:
-        sp, si = torch.sort(probs, descending=True, dim=-1)
-        sp = sp.masked_fill(sp.cumsum(-1) - sp > top_p, 0)  # drop tokens with more than top_p before them
-        probs = torch.zeros_like(probs).scatter(-1, si, sp)
-    return probs / probs.sum(-1, keepdim=True)
+    return bench.reference_probs(logits, SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)).double()
 
 
 def dense(probs, ids, V):
@@ -66,3 +58,9 @@ def test_sample_chi_square_on_a_real_sized_vocabulary():
     freq = torch.stack([(draws == t).double().mean() for t in top])
     sd = (ref[top] * (1 - ref[top]) / n).sqrt()
     assert bool(((freq - ref[top]).abs() <= 5 * sd).all()), (freq, ref[top])
+
+
+def test_bench_sampler_gates_and_times_both_samplers(capsys):
+    rows = bench.run_sampler(batch=2, vocab=500, reps=2)
+    assert len(rows) == 4 and all(r["gate"] == "pass" and r["engine_ms"] > 0 and r["reference_ms"] > 0 for r in rows)
+    assert capsys.readouterr().out.count('"gate": "pass"') == 4
