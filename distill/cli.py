@@ -6,9 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
 import time
+
+import yaml
+
+from .runfolder import RunLock, check_out, is_main_rank, mark, record_recipe
 
 
 def _int_list(text: str) -> list[int]:
@@ -18,6 +24,34 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--attn-layers={text!r} is not a comma-separated list of integers") from None
 
 
+def _need_file(path, flag: str) -> str:
+    """A path the command reads: an error naming the flag when it is missing (not a traceback from deep inside)."""
+    if not os.path.exists(os.path.expanduser(path)):
+        raise ValueError(f"{flag} {path}: no such file or folder")
+    return path
+
+
+@contextlib.contextmanager
+def _claim(args, out: str, inputs=(), resume: bool = False, file: bool = False):
+    """Check `out` against the command's inputs and earlier results (distill.runfolder), note that this project
+    writes it, and hold its lock while the command runs. Only rank 0 of a distributed launch does this."""
+    if not is_main_rank():
+        yield
+        return
+    check_out(out, inputs, resume=resume, overwrite=getattr(args, "overwrite", False))
+    lock_at = out
+    if file:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        lock_at = os.path.abspath(out) + ".d"  # a file's lock lives in a sibling folder named after it
+    else:
+        mark(out, args.command)
+    with RunLock(lock_at, command=" ".join(sys.argv)):
+        yield
+    if file:
+        with contextlib.suppress(OSError):
+            os.rmdir(lock_at)
+
+
 def cmd_convert(args) -> int:
     from hybrid import load_pretrained
 
@@ -25,16 +59,17 @@ def cmd_convert(args) -> int:
     from .select import uniform_attention_layers
 
     t0 = time.perf_counter()
-    teacher, tok = load_pretrained(args.teacher, dtype=args.dtype)
-    n = teacher.config.num_hidden_layers
-    attn = args.attn_layers if args.attn_layers is not None else uniform_attention_layers(n, args.attn_ratio)
-    t1 = time.perf_counter()
-    import torch
-    torch.manual_seed(args.seed)  # the mixer parts without an attention counterpart are random: make them repeatable
-    student = hybridize(teacher, attn, mixer=args.mixer)
-    student.save_pretrained(args.out)
-    if tok is not None:
-        tok.save_pretrained(args.out)
+    with _claim(args, args.out, [args.teacher]):
+        teacher, tok = load_pretrained(args.teacher, dtype=args.dtype)
+        n = teacher.config.num_hidden_layers
+        attn = args.attn_layers if args.attn_layers is not None else uniform_attention_layers(n, args.attn_ratio)
+        t1 = time.perf_counter()
+        import torch
+        torch.manual_seed(args.seed)  # the mixer parts without an attention counterpart are random: repeatable
+        student = hybridize(teacher, attn, mixer=args.mixer)
+        student.save_pretrained(args.out)
+        if tok is not None:
+            tok.save_pretrained(args.out)
     t2 = time.perf_counter()
     print(f"converted {args.teacher}: {n} layers, attention kept at {attn}, {args.mixer} elsewhere -> {args.out}")
     print(f"load {t1 - t0:.1f}s, convert+save {t2 - t1:.1f}s")
@@ -86,9 +121,11 @@ def cmd_distill(args) -> int:
     from .recipe import load_recipe
     from .schedule import run_distill, summary_table
 
-    recipe = load_recipe(args.config, profile=args.profile, overrides=args.set or [])
+    recipe = load_recipe(_need_file(args.config, "--config"), profile=args.profile, overrides=args.set or [])
     out = args.out or os.path.join("runs", os.path.basename(os.path.dirname(os.path.abspath(args.config))))
-    summary = run_distill(recipe, out, resume=args.resume)
+    inputs = [args.config, recipe.teacher, recipe.data.source, recipe.data.corpus.prompts]
+    with _claim(args, out, inputs, resume=args.resume):
+        summary = run_distill(recipe, out, resume=args.resume, allow_changes=args.allow_changes)
     print(summary_table(summary))
     print(f"-> {out}/summary.md, {out}/final")
     return 0
@@ -97,10 +134,14 @@ def cmd_distill(args) -> int:
 def cmd_run(args) -> int:
     from .pipeline import load_pipeline, run_pipeline
 
-    recipe = load_pipeline(args.recipe, profile=args.profile, overrides=args.set or [])
+    recipe = load_pipeline(_need_file(args.recipe, "recipe folder"), profile=args.profile, overrides=args.set or [])
     out = args.out or os.path.join("runs", os.path.basename(os.path.abspath(args.recipe)) +
                                    (f"-{args.profile}" if args.profile else ""))
-    run_pipeline(recipe, out, resume=args.resume, keep_checkpoints=args.keep_checkpoints)
+    inputs = [args.recipe, recipe.distill.teacher, recipe.distill.data.source, recipe.distill.data.corpus.prompts]
+    inputs += [getattr(cfg, k, None) for cfg in (recipe.sft, recipe.rl) if cfg is not None for k in ("model", "data")]
+    with _claim(args, out, inputs, resume=args.resume):
+        run_pipeline(recipe, out, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+                     allow_changes=args.allow_changes)
     from .train import process_state
     if process_state().is_main_process:
         print(open(os.path.join(out, "report.md")).read())
@@ -114,16 +155,22 @@ TRL_STAGES = {  # command -> (module, args class, run function)
 
 
 def cmd_trl_stage(args) -> int:
+    import dataclasses
     import importlib
 
     from .recipe import load_recipe
 
     module, cls, run = TRL_STAGES[args.command]
     mod = importlib.import_module(f"distill.{module}")
-    cfg = load_recipe(args.config, cls=getattr(mod, cls), profile=args.profile, overrides=args.set or [])
+    cfg = load_recipe(_need_file(args.config, "--config"), cls=getattr(mod, cls), profile=args.profile,
+                      overrides=args.set or [])
     if args.out:
         cfg.out = args.out
-    print(f"-> {getattr(mod, run)(cfg, resume=args.resume)}")
+    inputs = [args.config, cfg.model, cfg.data, getattr(cfg, "teacher", None)]
+    with _claim(args, cfg.out, inputs, resume=args.resume):
+        if is_main_rank():
+            record_recipe(cfg.out, dataclasses.asdict(cfg), resume=args.resume, allow_changes=args.allow_changes)
+        print(f"-> {getattr(mod, run)(cfg, resume=args.resume)}")
     return 0
 
 
@@ -133,14 +180,15 @@ def cmd_select(args) -> int:
     from .data import DataSpec, build_rows, split_rows
     from .select import SelectContext, save_selection, select
 
-    teacher, tok = load_pretrained(args.teacher)
-    teacher.requires_grad_(False)
-    rows = train = held = None
-    if args.data:
-        rows = build_rows(DataSpec(source=args.data, format=args.format), tok, args.seq_len)
-        train, held = split_rows(rows, args.eval_rows)
-    sel = select(args.strategy, SelectContext(teacher, args.mixer, train, held), **dict(args.param or []))
-    save_selection(sel, args.out, keep_ratio=args.keep_ratio)
+    with _claim(args, args.out, [args.teacher, args.data]):
+        teacher, tok = load_pretrained(args.teacher)
+        teacher.requires_grad_(False)
+        rows = train = held = None
+        if args.data:
+            rows = build_rows(DataSpec(source=args.data, format=args.format), tok, args.seq_len)
+            train, held = split_rows(rows, args.eval_rows)
+        sel = select(args.strategy, SelectContext(teacher, args.mixer, train, held), **dict(args.param or []))
+        save_selection(sel, args.out, keep_ratio=args.keep_ratio)
     print(f"{args.strategy}: replacement order {sel.order}")
     print(f"kept at {args.keep_ratio}: {sel.kept(args.keep_ratio)} -> {args.out}/select.json, select.png")
     return 0
@@ -151,9 +199,10 @@ def cmd_corpus(args) -> int:
 
     from .corpus import build_corpus, read_prompts
 
-    teacher, tok = load_pretrained(args.teacher)
-    n = build_corpus(teacher, tok, read_prompts(args.prompts), args.out, args.max_new_tokens, args.batch_size,
-                     args.temperature, args.top_p, args.seed)
+    with _claim(args, args.out, [args.teacher, args.prompts], resume=args.resume, file=True):
+        teacher, tok = load_pretrained(args.teacher)
+        n = build_corpus(teacher, tok, read_prompts(args.prompts), args.out, args.max_new_tokens, args.batch_size,
+                         args.temperature, args.top_p, args.seed)
     print(f"{n} records -> {args.out}")
     return 0
 
@@ -173,6 +222,7 @@ def cmd_summary(args) -> int:
     table = summary_table(*summaries)
     print(table)
     if args.out:
+        check_out(args.out, args.runs, overwrite=True)  # a table is cheap to remake: only inputs are protected
         with open(args.out, "w") as f:
             f.write(table + "\n")
     return 0
@@ -181,10 +231,11 @@ def cmd_summary(args) -> int:
 def cmd_bench_throughput(args) -> int:
     from .bench import run_throughput
 
-    run_throughput(args.models, args.batch, args.prompt_len, args.gen_len, args.context or [], args.out,
-                   hf_baseline=not args.no_hf, context_batch=args.context_batch, context_steps=args.context_steps,
-                   kernels=args.kernels, dtype=args.dtype, decode=args.decode, prepack=args.prepack,
-                   interleave=args.interleave)
+    with _claim(args, args.out, [m.split("@")[0] for m in args.models]):
+        run_throughput(args.models, args.batch, args.prompt_len, args.gen_len, args.context or [], args.out,
+                       hf_baseline=not args.no_hf, context_batch=args.context_batch,
+                       context_steps=args.context_steps, kernels=args.kernels, dtype=args.dtype, decode=args.decode,
+                       prepack=args.prepack, interleave=args.interleave)
     print(f"-> {args.out}/bench.json, bench.csv, bench.png")
     return 0
 
@@ -203,6 +254,7 @@ def cmd_eval(args) -> int:
         rows = [paired_compare(args.runs[0], other) for other in args.runs[1:]]
         print(compare_table(rows))
         if args.out_json:
+            check_out(args.out_json, args.runs, overwrite=True, what="--out-json")
             os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)
             with open(args.out_json, "w") as f:
                 json.dump(rows, f, indent=1)
@@ -212,16 +264,17 @@ def cmd_eval(args) -> int:
     if args.mode == "time-budget" and not args.models:
         raise ValueError("eval time-budget needs --models")
     problems = load_tasks(args.tasks, n=args.n, seed=args.seed)
-    os.makedirs(args.out, exist_ok=True)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    if args.mode == "accuracy":
-        result = run_accuracy(args.model, problems, args.samples, args.out, tasks=args.tasks,
-                              batch_size=args.batch_size, **kw)
-        print(json.dumps(result, indent=1))
-        return 0
-    from .evaluate import run_time_budget
-    run_time_budget(args.models, problems, args.samples, args.budgets, args.batch_candidates, args.out,
-                    title=f"{args.tasks}, {len(problems)} problems", tasks=args.tasks, **kw)
+    models = [args.model] if args.mode == "accuracy" else args.models
+    with _claim(args, args.out, [m.split("@")[0] for m in models] + [args.tasks.split(":")[0]]):
+        if args.mode == "accuracy":
+            result = run_accuracy(args.model, problems, args.samples, args.out, tasks=args.tasks,
+                                  batch_size=args.batch_size, **kw)
+            print(json.dumps(result, indent=1))
+            return 0
+        from .evaluate import run_time_budget
+        run_time_budget(args.models, problems, args.samples, args.budgets, args.batch_candidates, args.out,
+                        title=f"{args.tasks}, {len(problems)} problems", tasks=args.tasks, **kw)
     print(f"-> {args.out}/time_budget.json, time_budget.png")
     return 0
 
@@ -230,10 +283,11 @@ def cmd_lm_eval(args) -> int:
     from .bench import load_spec
     from .lm_eval_bridge import run_lm_eval, save_results
 
-    model, tok, label = load_spec(args.model, need_tokenizer=True)
-    results = run_lm_eval(model, tok, [t for t in args.tasks.split(",") if t], include_path=args.include_path,
-                          limit=args.limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
-                          apply_chat_template=args.chat, seed=args.seed)
+    with _claim(args, args.out, [args.model, args.include_path]):
+        model, tok, label = load_spec(args.model, need_tokenizer=True)
+        results = run_lm_eval(model, tok, [t for t in args.tasks.split(",") if t], include_path=args.include_path,
+                              limit=args.limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                              apply_chat_template=args.chat, seed=args.seed)
     for task, metrics in results.items():
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         print(f"{task}: {shown}")
@@ -245,11 +299,12 @@ def cmd_import(args) -> int:
     from hybrid.checkpoints import _tokenizer_or_none
     from hybrid.released import load_released
 
-    model, variant = load_released(args.src)
-    model.save_pretrained(args.out)
-    tok = _tokenizer_or_none(args.src)
-    if tok is not None:
-        tok.save_pretrained(args.out)
+    with _claim(args, args.out, [args.src]):
+        model, variant = load_released(_need_file(args.src, "--from"))
+        model.save_pretrained(args.out)
+        tok = _tokenizer_or_none(args.src)
+        if tok is not None:
+            tok.save_pretrained(args.out)
     print(f"imported {variant} checkpoint {args.src} -> {args.out} (loads with no mamba_config.json)")
     return 0
 
@@ -258,8 +313,9 @@ def cmd_export(args) -> int:
     from hybrid import load_pretrained
     from hybrid.export import export_granitemoehybrid
 
-    model, tok = load_pretrained(args.model)
-    diff = export_granitemoehybrid(model, args.out, tokenizer=tok, atol=args.atol)
+    with _claim(args, args.out, [args.model]):
+        model, tok = load_pretrained(args.model)
+        diff = export_granitemoehybrid(model, args.out, tokenizer=tok, atol=args.atol)
     print(f"exported {args.model} -> {args.out} (GraniteMoeHybrid); transformers' logits match ours to {diff:.2e}")
     return 0
 
@@ -274,7 +330,11 @@ def cmd_bench_sampler(args) -> int:
 def cmd_bench_ops(args) -> int:
     from .bench import run_ops
 
-    run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch)
+    if not args.out:
+        run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch)
+        return 0
+    with _claim(args, args.out):
+        run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch)
     return 0
 
 
@@ -286,12 +346,35 @@ def _param(text: str):
     return k, yaml.safe_load(v)
 
 
+def _common() -> argparse.ArgumentParser:
+    """Flags every command takes (SUPPRESS: a subcommand's default must not undo the same flag given before it)."""
+    c = argparse.ArgumentParser(add_help=False)
+    c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the traceback of an error (also HYBRID_DEBUG=1)")
+    return c
+
+
+def _add(sub, name: str, **kw) -> argparse.ArgumentParser:
+    return sub.add_parser(name, parents=[_common()], **kw)
+
+
+def _out_flags(parser, resume: bool = False, changes: bool = False) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out written earlier by this project")
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    if changes:
+        parser.add_argument("--allow-changes", action="store_true",
+                            help="resume although the recipe differs from the stored one (recorded in "
+                                 "recipe_history.jsonl)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybrid-distill", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_common()])
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("convert", help="teacher -> hybrid by attention-to-Mamba weight transfer")
+    c = _add(sub, "convert", help="teacher -> hybrid by attention-to-Mamba weight transfer")
     c.add_argument("--teacher", required=True, help="hub id, model dir, .gguf file or alias (smollm2-135m)")
     which = c.add_mutually_exclusive_group(required=True)
     which.add_argument("--attn-layers", type=_int_list, help="attention layers to keep, e.g. 1,3,5")
@@ -300,9 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
     c.add_argument("--seed", type=int, default=0, help="seed of the mixers' default-initialised parameters")
     c.add_argument("--out", required=True)
+    _out_flags(c)
     c.set_defaults(func=cmd_convert)
 
-    g = sub.add_parser("generate", help="stream a completion for one prompt")
+    g = _add(sub, "generate", help="stream a completion for one prompt")
     g.add_argument("--model", required=True)
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=128)
@@ -313,15 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default=None)
     g.set_defaults(func=cmd_generate)
 
-    d = sub.add_parser("distill", help="incremental layer replacement: select, transfer, align, KD (a recipe)")
+    d = _add(sub, "distill", help="incremental layer replacement: select, transfer, align, KD (a recipe)")
     d.add_argument("--config", required=True, help="recipes/<model>/distill.yaml")
     d.add_argument("--profile", default=None, help="a profile of the recipe (e.g. demo)")
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key, e.g. kd.steps=10")
     d.add_argument("--out", default=None, help="output folder (default runs/<recipe folder>)")
-    d.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    _out_flags(d, resume=True, changes=True)
     d.set_defaults(func=cmd_distill)
 
-    s = sub.add_parser("select", help="rank layers for replacement with a selection strategy")
+    s = _add(sub, "select", help="rank layers for replacement with a selection strategy")
     s.add_argument("--teacher", required=True)
     s.add_argument("--strategy", default="uniform")
     s.add_argument("--mixer", choices=["mamba2", "mamba"], default="mamba2")
@@ -332,11 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-ratio", type=float, default=0.5)
     s.add_argument("--param", action="append", type=_param, help="strategy parameter name=value")
     s.add_argument("--out", required=True)
+    _out_flags(s)
     s.set_defaults(func=cmd_select)
 
-    b = sub.add_parser("bench", help="benchmarks")
+    b = _add(sub, "bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
-    bt = bsub.add_parser("throughput", help="decode throughput of teachers and hybrids, side by side")
+    bt = _add(bsub, "throughput", help="decode throughput of teachers and hybrids, side by side")
     bt.add_argument("--models", nargs="+", required=True, help="specs; append @attn=R to convert on the fly")
     bt.add_argument("--batch", nargs="+", type=int, default=[1, 16])
     bt.add_argument("--prompt-len", type=int, default=256)
@@ -359,9 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time the --context rows of all models together, one decode step of each in turn (all "
                          "models stay loaded), so drift of the machine's speed lands on every model alike")
     bt.add_argument("--out", default="runs/bench")
+    _out_flags(bt)
     bt.set_defaults(func=cmd_bench_throughput)
 
-    e = sub.add_parser("eval", help="task accuracy (pass@1, pass@k, maj@k), or accuracy under time budgets")
+    e = _add(sub, "eval", help="task accuracy (pass@1, pass@k, maj@k), or accuracy under time budgets")
     e.add_argument("mode", nargs="?", choices=["accuracy", "time-budget", "compare"], default="accuracy",
                    help="compare: paired difference in pass@1 of each --runs entry over the first")
     e.add_argument("--runs", nargs="+", help="eval.json files or folders (compare): the base first")
@@ -379,14 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--budgets", nargs="+", type=float, default=[1, 3, 10, 30, 100])
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default="runs/eval")
+    _out_flags(e)
     e.set_defaults(func=cmd_eval)
 
-    rn = sub.add_parser("run", help="the whole pipeline from one recipe folder: distill, SFT, RL, eval, bench, report")
+    rn = _add(sub, "run", help="the whole pipeline from one recipe folder: distill, SFT, RL, eval, bench, report")
     rn.add_argument("recipe", help="recipe folder, e.g. recipes/smollm2-135m")
     rn.add_argument("--profile", default=None, help="profile applied in every stage file that has it (e.g. quick)")
     rn.add_argument("--set", action="append", help="file.key=value override, e.g. sft.max_steps=5 (repeatable)")
     rn.add_argument("--out", default=None, help="run folder (default runs/<recipe>[-<profile>])")
-    rn.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
+    _out_flags(rn, resume=True, changes=True)
     rn.add_argument("--keep-checkpoints", action="store_true",
                     help="keep the resume checkpoints of finished stages (default: delete them, keep final models)")
     rn.set_defaults(func=cmd_run)
@@ -394,16 +481,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("sft", "SFT on reasoning traces (TRL SFTTrainer)"),
                        ("rl", "GRPO with verifiable rewards (TRL GRPOTrainer)"),
                        ("dpo", "DPO on preference pairs (TRL DPOTrainer), optional last stage")):
-        st = sub.add_parser(name, help=what)
+        st = _add(sub, name, help=what)
         module, cls, _ = TRL_STAGES[name]
         st.add_argument("--config", required=True, help=f"YAML of distill.{module}.{cls}")
         st.add_argument("--profile", default=None)
         st.add_argument("--set", action="append", help="key=value override (repeatable)")
         st.add_argument("--out", default=None)
-        st.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+        _out_flags(st, resume=True, changes=True)
         st.set_defaults(func=cmd_trl_stage)
 
-    le = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks on a model (optional extra: eval)")
+    le = _add(sub, "lm-eval", help="run lm-evaluation-harness tasks on a model (optional extra: eval)")
     le.add_argument("--model", required=True, help="model spec (hybrid dir, HF dir / id, .gguf, smollm2-135m)")
     le.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     le.add_argument("--include-path", default=None, help="folder with extra task YAMLs (local data)")
@@ -413,39 +500,43 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
     le.add_argument("--seed", type=int, default=0)
     le.add_argument("--out", default="runs/lm-eval")
+    _out_flags(le)
     le.set_defaults(func=cmd_lm_eval)
 
-    im = sub.add_parser("import", help="MambaInLlama / M1 checkpoint -> this project's self-describing format")
+    im = _add(sub, "import", help="MambaInLlama / M1 checkpoint -> this project's self-describing format")
     im.add_argument("--from", dest="src", required=True)
     im.add_argument("--out", required=True)
+    _out_flags(im)
     im.set_defaults(func=cmd_import)
 
-    ex = sub.add_parser("export", help="write a transformers-native checkpoint that vLLM / SGLang serve")
+    ex = _add(sub, "export", help="write a transformers-native checkpoint that vLLM / SGLang serve")
     ex.add_argument("--model", required=True)
     ex.add_argument("--to", choices=["granitemoehybrid"], default="granitemoehybrid")
     ex.add_argument("--out", required=True)
     ex.add_argument("--atol", type=float, default=1e-4, help="logit tolerance of the self-check")
+    _out_flags(ex)
     ex.set_defaults(func=cmd_export)
 
-    bs = bsub.add_parser("sampler", help="the engine's sampler against the sampler by its definition (multinomial)")
+    bs = _add(bsub, "sampler", help="the engine's sampler against the sampler by its definition (multinomial)")
     bs.add_argument("--batch", type=int, default=16)
     bs.add_argument("--vocab", type=int, default=49152)
     bs.add_argument("--reps", type=int, default=20)
     bs.set_defaults(func=cmd_bench_sampler)
-    bo = bsub.add_parser("ops", help="the project's kernels against their PyTorch twins, at real mixer shapes")
+    bo = _add(bsub, "ops", help="the project's kernels against their PyTorch twins, at real mixer shapes")
     bo.add_argument("--batch", nargs="+", type=int, default=[1, 16, 64])
     bo.add_argument("--reps", type=int, default=20)
     bo.add_argument("--scan-len", type=int, default=2048, help="sequence length of the prefill ops")
     bo.add_argument("--scan-batch", nargs="+", type=int, default=[1, 4], help="batches of the prefill ops")
     bo.add_argument("--out", default=None)
+    _out_flags(bo)
     bo.set_defaults(func=cmd_bench_ops)
 
-    su = sub.add_parser("summary", help="one table over finished distill runs")
+    su = _add(sub, "summary", help="one table over finished distill runs")
     su.add_argument("runs", nargs="+")
     su.add_argument("--out", default=None, help="also write the table to this markdown file")
     su.set_defaults(func=cmd_summary)
 
-    co = sub.add_parser("corpus", help="sample a distillation corpus from the teacher (resumable)")
+    co = _add(sub, "corpus", help="sample a distillation corpus from the teacher (resumable: --resume)")
     co.add_argument("--teacher", required=True)
     co.add_argument("--prompts", required=True, help="a number (synthetic prompts), a .jsonl or a .txt file")
     co.add_argument("--out", required=True)
@@ -454,16 +545,41 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--temperature", type=float, default=0.7)
     co.add_argument("--top-p", type=float, default=0.95)
     co.add_argument("--seed", type=int, default=0)
+    _out_flags(co, resume=True)
     co.set_defaults(func=cmd_corpus)
     return p
 
 
+# Expected failures: bad input, missing or broken files, an unreachable model. They get one line and exit code 2;
+# anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, yaml.YAMLError)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def main(argv=None) -> int:
+    from .train import NonFiniteLoss  # here, not at the top: `hybrid-distill --help` stays fast
+
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("HYBRID_DEBUG", "") not in ("", "0")
+    name = f"hybrid-distill {args.command}"
     try:
         return args.func(args)
-    except ValueError as err:
-        print(f"hybrid-distill {args.command}: error: {err}", file=sys.stderr)
+    except NonFiniteLoss as err:
+        if debug:
+            raise
+        print(f"{name}: stopped: {_one_line(err)}", file=sys.stderr)
+        return 3
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"{name}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{name}: (--debug or HYBRID_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
 
 

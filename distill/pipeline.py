@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from tqdm.auto import tqdm
 
 from .recipe import DistillRecipe, load_recipe
+from .runfolder import record_recipe
 
 STAGES = ("distill", "sft-teacher", "sft-hybrid", "rl-teacher", "rl-hybrid", "eval", "bench", "report")
 
@@ -135,7 +136,7 @@ def prune_checkpoints(stage_dir: str) -> int:
 
 
 def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_after: tuple | None = None,
-                 keep_checkpoints: bool = False) -> dict:
+                 keep_checkpoints: bool = False, allow_changes: bool = False) -> dict:
     """Run every stage not yet finished; returns report.json's content. stop_after=("distill", k) simulates an
     interruption after k optimizer steps of the distill stage's first training phase (tests). Once a training
     stage is recorded as finished its resume checkpoints are deleted unless keep_checkpoints."""
@@ -145,6 +146,9 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     state.wait_for_everyone()  # every rank has checked before rank 0 can write stages.json
     os.makedirs(out, exist_ok=True)
+    if state.is_main_process:  # a resumed run with another recipe is refused unless allow_changes
+        record_recipe(out, _recipe_record(recipe), resume=resume, allow_changes=allow_changes)
+    state.wait_for_everyone()
     stages = Stages(out, write=state.is_main_process)
     teacher = recipe.distill.teacher
     hybrid = os.path.join(out, "distill", "final")
@@ -169,7 +173,8 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
             from .schedule import run_distill
             folder = os.path.join(out, "distill")
             run_distill(recipe.distill, folder, resume=os.path.isfile(os.path.join(folder, "progress.json")),
-                        stop_after=stop_after[1] if stop_after and stop_after[0] == "distill" else None)
+                        stop_after=stop_after[1] if stop_after and stop_after[0] == "distill" else None,
+                        allow_changes=allow_changes)
         elif kind in ("sft", "rl"):
             cfg = getattr(recipe, kind)
             if cfg is None:
@@ -212,6 +217,12 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
         bar.update(1)
     bar.close()
     return json.load(open(os.path.join(out, "report.json")))
+
+
+def _recipe_record(recipe: PipelineRecipe) -> dict:
+    """Every stage file's settings, as the pipeline ran them (compared on --resume)."""
+    return {name: asdict(cfg) for name in ("distill", "sft", "rl", "bench")
+            if (cfg := getattr(recipe, name)) is not None}
 
 
 def _fmt(x, nd=3):

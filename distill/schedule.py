@@ -19,7 +19,6 @@ import os
 import time
 
 import torch
-import yaml
 
 from hybrid import load_pretrained
 from hybrid.checkpoints import load_hybrid
@@ -31,6 +30,7 @@ from .heldout import HeldOut
 from .init import hybridize
 from .kd import kd_loss_step, set_trainable
 from .recipe import DistillRecipe, recipe_to_dict
+from .runfolder import record_recipe
 from .select import Selection, SelectContext, save_selection, select
 from .train import Trainer, TrainArgs, process_state
 
@@ -79,17 +79,17 @@ def prepare_data(recipe: DistillRecipe, teacher, tok, out: str):
 
 
 def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=None, tok=None,
-                stop_after: int | None = None) -> dict:
+                stop_after: int | None = None, allow_changes: bool = False) -> dict:
     """Run the schedule; returns the summary. `teacher`/`tok` may be passed in (tests); `stop_after` simulates an
-    interruption inside the first training phase that runs."""
+    interruption inside the first training phase that runs. A resumed run refuses a recipe that differs from the
+    stored one unless allow_changes (distill.runfolder.record_recipe)."""
     state = process_state()  # under `accelerate launch`: rank 0 writes files, every rank trains
     os.makedirs(out, exist_ok=True)
     if not resume and os.path.exists(os.path.join(out, "progress.json")):
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     state.wait_for_everyone()
     if state.is_main_process:
-        with open(os.path.join(out, "recipe.yaml"), "w") as f:
-            yaml.safe_dump(recipe_to_dict(recipe), f, sort_keys=False)
+        record_recipe(out, recipe_to_dict(recipe), resume=resume, allow_changes=allow_changes)
     progress = Progress(out, write=state.is_main_process)
     torch.manual_seed(recipe.seed)
     if teacher is None:
