@@ -24,6 +24,37 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--attn-layers={text!r} is not a comma-separated list of integers") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _unit(text: str) -> float:
+    """A probability mass in (0, 1] (top-p)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} must lie in (0, 1]")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive number of seconds")
+    return value
+
+
 def _need_file(path, flag: str) -> str:
     """A path the command reads: an error naming the flag when it is missing (not a traceback from deep inside)."""
     if not os.path.exists(os.path.expanduser(path)):
@@ -86,7 +117,7 @@ def cmd_generate(args) -> int:
 
     model, tok = load_pretrained(args.model, dtype=args.dtype)
     if tok is None:
-        raise SystemExit(f"{args.model} has no tokenizer to encode the prompt with")
+        raise ValueError(f"{args.model} has no tokenizer to encode the prompt with (save one beside the model)")
     if tok.chat_template and not args.raw:
         ids = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
                                       return_dict=True)["input_ids"]
@@ -389,9 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = _add(sub, "generate", help="stream a completion for one prompt")
     g.add_argument("--model", required=True)
     g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--max-new-tokens", type=_positive, default=128)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-p", type=_unit, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
     g.add_argument("--dtype", default=None)
@@ -411,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mixer", choices=["mamba2", "mamba"], default="mamba2")
     s.add_argument("--data", default=None, help="jsonl/parquet/arrow data (needed by leave-one-out, kl-guided)")
     s.add_argument("--format", default="prompt_completion")
-    s.add_argument("--seq-len", type=int, default=256)
-    s.add_argument("--eval-rows", type=int, default=4)
+    s.add_argument("--seq-len", type=_positive, default=256)
+    s.add_argument("--eval-rows", type=_positive, default=4)
     s.add_argument("--keep-ratio", type=float, default=0.5)
     s.add_argument("--param", action="append", type=_param, help="strategy parameter name=value")
     s.add_argument("--out", required=True)
@@ -423,12 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="bench", required=True)
     bt = _add(bsub, "throughput", help="decode throughput of teachers and hybrids, side by side")
     bt.add_argument("--models", nargs="+", required=True, help="specs; append @attn=R to convert on the fly")
-    bt.add_argument("--batch", nargs="+", type=int, default=[1, 16])
-    bt.add_argument("--prompt-len", type=int, default=256)
-    bt.add_argument("--gen-len", type=int, default=256)
-    bt.add_argument("--context", nargs="*", type=int, default=[], help="context lengths for time-per-token")
-    bt.add_argument("--context-batch", type=int, default=16)
-    bt.add_argument("--context-steps", type=int, default=8)
+    bt.add_argument("--batch", nargs="+", type=_positive, default=[1, 16])
+    bt.add_argument("--prompt-len", type=_positive, default=256)
+    bt.add_argument("--gen-len", type=_positive, default=256)
+    bt.add_argument("--context", nargs="*", type=_positive, default=[], help="context lengths for time-per-token")
+    bt.add_argument("--context-batch", type=_positive, default=16)
+    bt.add_argument("--context-steps", type=_positive, default=8)
     bt.add_argument("--no-hf", action="store_true", help="skip the HF generate() baseline")
     bt.add_argument("--kernels", nargs="+", default=None, choices=["torch", "csrc", "mamba_ssm", "auto"],
                     help="run every hybrid under each HYBRID_KERNELS setting, side by side")
@@ -455,14 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", help="model spec (accuracy)")
     e.add_argument("--models", nargs="+", help="model specs (time-budget)")
     e.add_argument("--tasks", default="synthetic:test", help="synthetic:test, a GSM8K/MATH .jsonl, or a HF id")
-    e.add_argument("--n", type=int, default=None, help="number of problems")
-    e.add_argument("--samples", type=int, default=4)
-    e.add_argument("--max-new-tokens", type=int, default=256)
+    e.add_argument("--n", type=_positive, default=None, help="number of problems")
+    e.add_argument("--samples", type=_positive, default=4)
+    e.add_argument("--max-new-tokens", type=_positive, default=256)
     e.add_argument("--temperature", type=float, default=0.7)
-    e.add_argument("--top-p", type=float, default=0.95)
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--batch-candidates", nargs="+", type=int, default=[4, 16, 32])
-    e.add_argument("--budgets", nargs="+", type=float, default=[1, 3, 10, 30, 100])
+    e.add_argument("--top-p", type=_unit, default=0.95)
+    e.add_argument("--batch-size", type=_positive, default=16)
+    e.add_argument("--batch-candidates", nargs="+", type=_positive, default=[4, 16, 32])
+    e.add_argument("--budgets", nargs="+", type=_seconds, default=[1, 3, 10, 30, 100])
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default="runs/eval")
     _out_flags(e)
@@ -496,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--include-path", default=None, help="folder with extra task YAMLs (local data)")
     le.add_argument("--limit", type=float, default=None, help="examples per task (or fraction if < 1)")
     le.add_argument("--num-fewshot", type=int, default=None)
-    le.add_argument("--batch-size", type=int, default=8)
+    le.add_argument("--batch-size", type=_positive, default=8)
     le.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
     le.add_argument("--seed", type=int, default=0)
     le.add_argument("--out", default="runs/lm-eval")
@@ -518,15 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     bs = _add(bsub, "sampler", help="the engine's sampler against the sampler by its definition (multinomial)")
-    bs.add_argument("--batch", type=int, default=16)
-    bs.add_argument("--vocab", type=int, default=49152)
-    bs.add_argument("--reps", type=int, default=20)
+    bs.add_argument("--batch", type=_positive, default=16)
+    bs.add_argument("--vocab", type=_positive, default=49152)
+    bs.add_argument("--reps", type=_positive, default=20)
     bs.set_defaults(func=cmd_bench_sampler)
     bo = _add(bsub, "ops", help="the project's kernels against their PyTorch twins, at real mixer shapes")
-    bo.add_argument("--batch", nargs="+", type=int, default=[1, 16, 64])
-    bo.add_argument("--reps", type=int, default=20)
-    bo.add_argument("--scan-len", type=int, default=2048, help="sequence length of the prefill ops")
-    bo.add_argument("--scan-batch", nargs="+", type=int, default=[1, 4], help="batches of the prefill ops")
+    bo.add_argument("--batch", nargs="+", type=_positive, default=[1, 16, 64])
+    bo.add_argument("--reps", type=_positive, default=20)
+    bo.add_argument("--scan-len", type=_positive, default=2048, help="sequence length of the prefill ops")
+    bo.add_argument("--scan-batch", nargs="+", type=_positive, default=[1, 4], help="batches of the prefill ops")
     bo.add_argument("--out", default=None)
     _out_flags(bo)
     bo.set_defaults(func=cmd_bench_ops)
@@ -540,10 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--teacher", required=True)
     co.add_argument("--prompts", required=True, help="a number (synthetic prompts), a .jsonl or a .txt file")
     co.add_argument("--out", required=True)
-    co.add_argument("--max-new-tokens", type=int, default=96)
-    co.add_argument("--batch-size", type=int, default=16)
+    co.add_argument("--max-new-tokens", type=_positive, default=96)
+    co.add_argument("--batch-size", type=_positive, default=16)
     co.add_argument("--temperature", type=float, default=0.7)
-    co.add_argument("--top-p", type=float, default=0.95)
+    co.add_argument("--top-p", type=_unit, default=0.95)
     co.add_argument("--seed", type=int, default=0)
     _out_flags(co, resume=True)
     co.set_defaults(func=cmd_corpus)

@@ -16,7 +16,7 @@ def _require_lm_eval():
     try:
         import lm_eval  # noqa: F401
     except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise SystemExit("lm-eval needs lm-evaluation-harness: pip install -e '.[eval]'") from e
+        raise ValueError("lm-eval needs lm-evaluation-harness: pip install -e '.[eval]'") from e
 
 
 def run_lm_eval(model, tokenizer, tasks: list[str], include_path: str | None = None, limit: float | None = None,

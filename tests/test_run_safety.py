@@ -253,3 +253,16 @@ def test_released_hybrid_without_mamba_config_is_named_as_an_incomplete_download
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="no mamba_config.json"):
         load_pretrained(str(path), tokenizer=False)
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--n", "0"], ["eval", "--samples", "0"], ["generate", "--model", "m", "--prompt", "p", "--top-p", "2"],
+    ["bench", "throughput", "--models", "m", "--batch", "0"], ["eval", "time-budget", "--budgets", "-1"],
+    ["generate", "--model", "m", "--prompt", "p", "--max-new-tokens", "x"],
+])
+def test_out_of_range_flags_are_refused_before_any_work(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert f"argument {next(a for a in argv if a.startswith('--') and a not in ('--model', '--prompt', '--models'))}" \
+        in capsys.readouterr().err
