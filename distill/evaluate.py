@@ -7,6 +7,9 @@ Majority vote over k samples: answers are grouped by mathematical equivalence (m
 missing answers do not vote, the largest group wins, and a tie goes to the group whose first sample came first
 (deterministic). No valid answer at all counts as wrong.
 
+Answer checks are bounded in time (distill.tasks.is_correct): one that runs past the limit counts as wrong, and
+`score` reports how many did (`check_timeouts`, written to eval.json), so a low score from a stalled checker shows.
+
 Time budget ("Thinking Slow, Fast"): a model that needs s seconds per sample (measured at its best batch size)
 draws k(T) = floor(T / s) samples per problem in T seconds; coverage(T) = pass@k(T), majority(T) = maj@k(T).
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from .tasks import extract_answer, is_correct
+from .tasks import check_stats, extract_answer, is_correct
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -62,9 +65,11 @@ def _mean_se(xs: list[float]) -> tuple[float, float]:
 
 def score(problems, completions: list[list[str]], ks=(1,)) -> dict:
     """Accuracy over problems: pass@1 (mean correct fraction) with its standard error over problems
-    (`pass@1_se`: the noise of this estimate from the problems and samples drawn), pass@k and maj@k for each k."""
+    (`pass@1_se`: the noise of this estimate from the problems and samples drawn), pass@k and maj@k for each k,
+    and `check_timeouts`: answer checks (majority-vote comparisons included) that ran past the time limit."""
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completion lists")
+    before = check_stats()["timeouts"]
     correct = [[is_correct(c, p.answer) for c in comps] for p, comps in zip(problems, completions)]
     mean, se = _mean_se([sum(r) / len(r) for r in correct if r])
     out = {"problems": len(problems), "pass@1": mean, "pass@1_se": se}
@@ -72,6 +77,7 @@ def score(problems, completions: list[list[str]], ks=(1,)) -> dict:
         out[f"pass@{k}"] = sum(pass_at_k(len(r), sum(r), k) for r in correct) / max(1, len(correct))
         out[f"maj@{k}"] = sum(majority_correct(c[:k], p.answer) for p, c in zip(problems, completions)) / max(
             1, len(problems))
+    out["check_timeouts"] = check_stats()["timeouts"] - before
     return out
 
 
@@ -258,7 +264,8 @@ def plot_time_budget(curves: dict, path: str, title: str = "") -> None:
 def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, out: str, title: str = "",
                     tasks: str = "", **sampling) -> dict:
     """Per model spec: best batch size, `samples` draws per problem (timed), then coverage and majority accuracy as
-    functions of wall-clock seconds. Writes out/time_budget.{json,png}; returns the JSON's content."""
+    functions of wall-clock seconds. Writes out/time_budget.{json,png}; returns the JSON's content (with
+    `check_timeouts`, the answer checks that ran past the time limit)."""
     import json
     import os
 
@@ -266,6 +273,7 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
     from .tasks import extract_answer, is_correct
     os.makedirs(out, exist_ok=True)
     spp, correct, answers, meta = {}, {}, {}, {}
+    before = check_stats()["timeouts"]
     for spec in specs:
         model, tok, label = load_spec(spec, need_tokenizer=True)
         best = best_batch_size(model, tok, problems, candidates=batch_candidates, **sampling)
@@ -278,7 +286,8 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
         print(f"{label}: best batch {best['best_batch']}, {spp[label]:.3f} s/sample, "
               f"pass@1 {sum(map(sum, correct[label])) / (len(problems) * samples):.3f}")
     curves = time_budget_curves(spp, correct, answers, [p.answer for p in problems], budgets)
-    result = {"tasks": tasks, "problems": len(problems), "samples": samples, "models": meta, "curves": curves}
+    result = {"tasks": tasks, "problems": len(problems), "samples": samples, "models": meta, "curves": curves,
+              "check_timeouts": check_stats()["timeouts"] - before}
     with open(os.path.join(out, "time_budget.json"), "w") as f:
         json.dump(result, f, indent=1)
     plot_time_budget(curves, os.path.join(out, "time_budget.png"), title=title)

@@ -6,7 +6,9 @@ gold answers. Completions may be strings or conversational ([{"role": "assistant
 
 Registered names (`REWARDS`, `get_rewards`):
 - correctness: 1.0 if the final answer (last \\boxed{}, else last number) equals the gold answer under
-  math-verify (distill.tasks.is_correct), else 0.0; never raises.
+  math-verify (distill.tasks.is_correct), else 0.0; never raises. Each answer is judged within
+  distill.tasks.answer_timeout() seconds (HYBRID_ANSWER_TIMEOUT, 1 s): one that runs past it scores 0.0, and a
+  call with such timeouts logs a warning with their count.
 - format: 1.0 if the completion closes its reasoning (`</think>`) and then gives exactly one \\boxed{} answer
   after it, else 0.0.
 - length_penalty: 0 up to `budget` tokens-as-words, then linearly down to -1 at twice the budget (DAPO's soft
@@ -15,9 +17,12 @@ Registered names (`REWARDS`, `get_rewards`):
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from .tasks import BOXED, is_correct
+from .tasks import BOXED, answer_timeout, check_stats, is_correct
+
+log = logging.getLogger(__name__)
 
 RewardFn = Callable[..., list[float]]
 
@@ -46,7 +51,13 @@ def _gold(columns: dict, n: int, field: str = "answer") -> list:
 
 def correctness(prompts, completions, **columns) -> list[float]:
     gold = _gold(columns, len(completions))
-    return [1.0 if is_correct(_text(c), str(g)) else 0.0 for c, g in zip(completions, gold)]
+    before = check_stats()["timeouts"]
+    out = [1.0 if is_correct(_text(c), str(g)) else 0.0 for c, g in zip(completions, gold)]
+    timeouts = check_stats()["timeouts"] - before
+    if timeouts:  # a stalled checker must show in the logs, not only as a lower reward
+        log.warning("correctness: %d of %d answer checks ran past %.3g s and scored 0", timeouts, len(out),
+                    answer_timeout())
+    return out
 
 
 def format_reward(prompts, completions, **columns) -> list[float]:

@@ -177,6 +177,8 @@ def test_expected_failures_are_one_line_with_exit_code_2(tmp_path, teacher_dir, 
                                  str(tmp_path / "o1")], "config.json"),
         "missing local model": (["convert", "--teacher", "./no/such/model", "--attn-ratio", "0.5", "--out",
                                  str(tmp_path / "o2")], "./no/such/model"),
+        "missing tasks file": (["eval", "--model", str(teacher_dir), "--tasks", "nope.jsonl", "--out",
+                                str(tmp_path / "o3")], "nope.jsonl"),
     }
     capsys.readouterr()
     for name, (argv, named) in cases.items():
