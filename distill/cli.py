@@ -24,35 +24,23 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--attn-layers={text!r} is not a comma-separated list of integers") from None
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
+def _bounded(kind, ok, what: str):
+    """An argparse type: `kind(text)` that must satisfy `ok`, else an error saying `what` it must be."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{value} {what}")
+        return value
+    return parse
 
 
-def _unit(text: str) -> float:
-    """A probability mass in (0, 1] (top-p)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} must lie in (0, 1]")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} must be a positive number of seconds")
-    return value
+_positive = _bounded(int, lambda v: v >= 1, "must be >= 1")
+_unit = _bounded(float, lambda v: 0 < v <= 1, "must lie in (0, 1]")  # a probability mass (top-p)
+_seconds = _bounded(float, lambda v: 0 < v < float("inf"), "must be a positive number of seconds")
 
 
 def _need_file(path, flag: str) -> str:
@@ -370,11 +358,11 @@ def cmd_bench_ops(args) -> int:
 
 
 def _param(text: str):
-    import yaml
+    from .recipe import yaml_value
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--param {text!r} must look like name=value")
     k, v = text.split("=", 1)
-    return k, yaml.safe_load(v)
+    return k, yaml_value(v)
 
 
 def _common() -> argparse.ArgumentParser:

@@ -15,25 +15,24 @@ import os
 import torch
 from tqdm.auto import tqdm
 
-from .data import synthetic_prompts
+from .data import is_empty, read_jsonl, record_value, report_skipped, require_file, synthetic_prompts
 
 
 def read_prompts(spec) -> list[str]:
-    """An int: that many synthetic prompts. A .jsonl file: its "prompt" fields. A .txt file: one per line."""
+    """An int: that many synthetic prompts. A .jsonl file: its "prompt" fields (checked as distill.data checks
+    records; empty prompts are skipped and counted). A .txt file: one per line."""
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
         return synthetic_prompts(int(spec))
+    instead = "a number of synthetic prompts, a .jsonl with a 'prompt' field or a .txt with one prompt a line"
+    require_file(spec, instead)
     if not os.path.isfile(spec):
-        raise ValueError(f"prompts={spec!r} is neither a number nor an existing file")
+        raise ValueError(f"prompts={spec!r} is neither a number nor an existing file; pass {instead}")
+    if spec.endswith(".jsonl"):
+        prompts = [record_value(r, "prompt", i, spec, (str, type(None))) for i, r in enumerate(read_jsonl(spec))]
+        kept = [p for p in prompts if not is_empty(p)]
+        report_skipped(len(prompts) - len(kept), "prompt", spec)
+        return kept
     with open(spec, encoding="utf-8") as f:
-        if spec.endswith(".jsonl"):
-            out = []
-            for i, line in enumerate(f):
-                if line.strip():
-                    rec = json.loads(line)
-                    if "prompt" not in rec:
-                        raise ValueError(f"{spec}: line {i + 1} has no field 'prompt' (fields: {sorted(rec)})")
-                    out.append(rec["prompt"])
-            return out
         return [line.rstrip("\n") for line in f if line.strip()]
 
 

@@ -8,6 +8,19 @@ Record formats (`format` in a recipe):
 Sources: local .jsonl / .json / .parquet files, a directory saved by `datasets.save_to_disk` (arrow), or a
 Hugging Face dataset id (needs network).
 
+Checks: a malformed JSON line is an error naming the file and its (1-based) line; a field of the wrong type is an
+error naming the file, the record (0-based index), the field and the type found. A record whose completion is
+empty (null, blank, or a chat without a non-empty assistant turn; for "text", an empty text) is skipped, not an
+error: it carries no target, and corpora sampled from a teacher hold a few. build_rows prints one line,
+"skipped N records with empty completion in FILE" ("empty text" for "text"), so that the count is never silent. The SFT, DPO, GRPO and
+corpus-prompt readers go through the same functions (read_records, check_value, is_empty, report_skipped).
+
+Truncation happens before tokenisation: a text is cut to a character budget (CHARS_PER_TOKEN characters a token,
+grown while it holds too few tokens, up to MAX_CHARS_PER_TOKEN), so a record of megabytes costs memory in
+proportion to seq_len, not to its size. prompt_completion keeps the start of both: the completion's tail is cut,
+and the prompt too where it would leave the completion less than half the row, the prompt/completion boundary
+(the masked prefix) staying where the template puts it. A cut completion has no EOS.
+
 Packing: documents are laid end to end in rows of `seq_len` tokens with position_ids restarting at 0 for each
 document. The hybrid derives document boundaries from those restarts (attention masks and SSM state resets), and
 the first token of each document carries label -100 so that no document is trained to predict the next one.
@@ -17,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -24,20 +38,65 @@ import torch
 from .losses import IGNORE
 
 FORMATS = ("text", "prompt_completion", "messages")
+FILE_TYPES = (".jsonl", ".json", ".parquet")
+SOURCES = ("an existing .jsonl, .json or .parquet file, a folder saved by datasets.save_to_disk, "
+           "or a Hugging Face dataset id")
+MESSAGES = list  # in check_value's types: a list of {"role": str, "content": str} chat messages
+CHARS_PER_TOKEN = 8  # first character budget a token gets when a text is cut before tokenisation
+MAX_CHARS_PER_TOKEN = 64  # the most it grows to: the bound on what one record costs to tokenise
+
+
+def looks_like_path(source: str) -> bool:
+    """Whether `source` names a local file or folder rather than a dataset id or a tasks spec."""
+    return source.endswith(FILE_TYPES + (".txt", ".csv")) or source.startswith(("/", "./", "../", "~"))
+
+
+def require_file(source: str, instead: str) -> None:
+    """A path that does not exist is an error saying what to pass, instead of a hub lookup that fails later."""
+    if looks_like_path(source) and not os.path.exists(source):
+        raise ValueError(f"{source}: no such file; pass {instead}")
+
+
+def _parse(text: str, path: str, line: int = 1):
+    """JSON value of `text`, which starts at `line` of file `path`; an error names file, line and column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: line {line + err.lineno - 1} is not valid JSON ({err.msg}, column "
+                         f"{err.colno})") from None
+
+
+def _objects(records: list, path: str, where) -> list[dict]:
+    """records, each checked to be a JSON object; where(i) names record i's place in the file."""
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: {where(i)} is a JSON {type(rec).__name__}, expected an object of fields")
+    return records
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """One JSON object a line, blank lines skipped; a bad line is an error naming the file and its line."""
+    with open(path, encoding="utf-8") as f:
+        numbered = [(n, _parse(line.strip(), path, n)) for n, line in enumerate(f, 1) if line.strip()]
+    return _objects([rec for _, rec in numbered], path, lambda i: f"line {numbered[i][0]}")
+
+
+def _read_json(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        data = _parse(f.read(), path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return _objects(data, path, lambda i: f"record {i}")
 
 
 def read_records(source: str, split: str = "train") -> list[dict]:
     """Records from a local file or folder, or a Hugging Face dataset id."""
+    require_file(source, SOURCES)
     if os.path.isfile(source):
         if source.endswith(".jsonl"):
-            with open(source, encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
+            return read_jsonl(source)
         if source.endswith(".json"):
-            with open(source, encoding="utf-8") as f:
-                data = json.load(f)
-            if not isinstance(data, list):
-                raise ValueError(f"{source}: expected a JSON list of records, got {type(data).__name__}")
-            return data
+            return _read_json(source)
         if source.endswith(".parquet"):
             import datasets
             return list(datasets.Dataset.from_parquet(source))
@@ -57,6 +116,47 @@ def _field(rec: dict, name: str, index: int, source: str):
     if name not in rec:
         raise ValueError(f"{source}: record {index} has no field {name!r} (fields: {sorted(rec)})")
     return rec[name]
+
+
+def _type_names(types) -> str:
+    names = {MESSAGES: "list of messages", type(None): "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def check_value(value, name: str, index: int, source: str, types=(str,)):
+    """`value` when it has one of `types` (MESSAGES: a list of chat messages, type(None): null), else an error naming
+    the file, the record, the field and the type found. A bool is no number here: JSON true is not 1."""
+    ok = any(isinstance(value, t) and not (isinstance(value, bool) and t is not bool) for t in types)
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ValueError(f"{source}: record {index} field {name!r} is {type(value).__name__} ({shown}), expected "
+                         f"{_type_names(types)}")
+    if isinstance(value, list):
+        for k, m in enumerate(value):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise ValueError(f"{source}: record {index} field {name!r} message {k} must be "
+                                 f"{{'role': str, 'content': str}}, got {m!r:.60}")
+    return value
+
+
+def record_value(rec: dict, name: str, index: int, source: str, types=(str,)):
+    """Field `name` of record `index`, present and of one of `types` (check_value)."""
+    return check_value(_field(rec, name, index, source), name, index, source, types)
+
+
+def is_empty(value) -> bool:
+    """A null, a blank string, or chat messages whose contents are all blank: nothing to train on."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return all(is_empty(m["content"]) for m in value)
+
+
+def report_skipped(n: int, what: str, source: str) -> None:
+    """One line on stderr for records skipped as empty, so that dropping them is never silent."""
+    if n:
+        print(f"skipped {n} records with empty {what} in {source}", file=sys.stderr)
 
 
 @dataclass
@@ -88,29 +188,113 @@ def _chat_ids(tok, messages, add_generation_prompt=False) -> list[int]:
     return list(out)
 
 
-def encode_record(rec: dict, tok, spec: DataSpec, index: int = 0) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one record; labels are -100 where a token is not a target."""
-    chat = bool(getattr(tok, "chat_template", None))
+def _head(text: str, encode, n: int) -> tuple[str, list[int]]:
+    """(a prefix of text, its encoding) holding more than n tokens where text has them, found by encoding prefixes
+    of CHARS_PER_TOKEN * n characters, doubled up to MAX_CHARS_PER_TOKEN * n: never the whole of a huge text.
+    More than n, so that the token the cut splits is not among the first n."""
+    budget = CHARS_PER_TOKEN * n
+    while True:
+        head = text[:budget]
+        ids = encode(head)
+        if len(ids) > n or len(head) == len(text) or budget >= MAX_CHARS_PER_TOKEN * n:
+            return head, ids
+        budget *= 2
+
+
+def _fit(text: str, limit: int, encode) -> str:
+    """A head of text whose encoding has at most `limit` tokens (cut in proportion until it fits)."""
+    ids = encode(text)
+    while len(ids) > limit and text:
+        text = text[:min(len(text) - 1, len(text) * limit // len(ids))]
+        ids = encode(text)
+    return text
+
+
+def _prompt_ids(tok, chat: bool, prompt: str) -> list[int]:
+    if chat:
+        return _chat_ids(tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return tok(prompt, add_special_tokens=True).input_ids
+
+
+def _pair_ids(tok, chat: bool, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, prompt + completion ids); with a chat template, user and assistant turns."""
+    p_ids = _prompt_ids(tok, chat, prompt)
+    if chat:
+        ids = _chat_ids(tok, [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
+        if ids[:len(p_ids)] == p_ids:
+            return p_ids, ids
+        # the template rewrote the prefix: fall back to concatenation
+    return p_ids, p_ids + tok(completion, add_special_tokens=False).input_ids + [tok.eos_token_id]
+
+
+def _encode_pair(tok, chat: bool, prompt: str, completion: str, seq_len: int | None) -> tuple[list[int], int]:
+    """(ids, prompt length) within seq_len: the completion's tail is cut, and the prompt's where it would leave the
+    completion less than half the row. Both texts are cut to a few times seq_len tokens before anything else."""
+    if seq_len is None:
+        p_ids, ids = _pair_ids(tok, chat, prompt, completion)
+        return ids, len(p_ids)
+    plain = lambda t: tok(t, add_special_tokens=False).input_ids  # noqa: E731
+    prompt, completion = _head(prompt, plain, seq_len)[0], _head(completion, plain, seq_len)[0]
+    p_ids, ids = _pair_ids(tok, chat, prompt, completion)
+    limit = max(seq_len - (len(ids) - len(p_ids)), seq_len // 2)
+    if len(ids) > seq_len and len(p_ids) > limit:
+        prompt = _fit(prompt, limit, lambda t: _prompt_ids(tok, chat, t))
+        p_ids, ids = _pair_ids(tok, chat, prompt, completion)
+    return ids[:seq_len], min(len(p_ids), seq_len)
+
+
+def _clip_messages(messages: list[dict], chars: int) -> list[dict]:
+    """The messages up to a total of `chars` content characters, the last one cut."""
+    out = []
+    for m in messages:
+        if chars <= 0:
+            break
+        out.append({**m, "content": m["content"][:chars]})
+        chars -= len(out[-1]["content"])
+    return out
+
+
+def _fields(rec: dict, spec: DataSpec, index: int) -> tuple:
+    """The record's fields for spec.format, type-checked: (text,), (prompt, completion) or (messages,)."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"{spec.source}: record {index} is {type(rec).__name__}, expected a mapping of fields")
     if spec.format == "text":
-        ids = tok(_field(rec, spec.text_field, index, spec.source), add_special_tokens=True).input_ids
+        return (record_value(rec, spec.text_field, index, spec.source, (str, type(None))),)
+    if spec.format == "prompt_completion":
+        return (record_value(rec, spec.prompt_field, index, spec.source),
+                record_value(rec, spec.completion_field, index, spec.source, (str, type(None))))
+    return (record_value(rec, spec.messages_field, index, spec.source, (MESSAGES,)),)
+
+
+def record_is_empty(rec: dict, spec: DataSpec, index: int = 0) -> bool:
+    """Whether the record has nothing to train on (module docstring); a wrong-typed field is an error."""
+    fields = _fields(rec, spec, index)
+    if spec.format == "messages":
+        return is_empty([m for m in fields[0] if m["role"] == "assistant"])
+    return is_empty(fields[-1])
+
+
+def encode_record(rec: dict, tok, spec: DataSpec, index: int = 0,
+                  seq_len: int | None = None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one record; labels are -100 where a token is not a target. seq_len: cut to that many
+    tokens, tokenising no more than a bounded multiple of it (module docstring)."""
+    chat = bool(getattr(tok, "chat_template", None))
+    fields = _fields(rec, spec, index)
+    if spec.format == "text":
+        encode = lambda t: tok(t, add_special_tokens=True).input_ids  # noqa: E731
+        text = fields[0] or ""
+        ids = encode(text) if seq_len is None else _head(text, encode, seq_len)[1][:seq_len]
         return ids, list(ids)
     if spec.format == "prompt_completion":
-        prompt = _field(rec, spec.prompt_field, index, spec.source)
-        completion = _field(rec, spec.completion_field, index, spec.source)
-        if chat:
-            p_ids = _chat_ids(tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
-            ids = _chat_ids(tok, [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
-            if ids[:len(p_ids)] != p_ids:  # template rewrote the prefix: fall back to concatenation
-                ids = p_ids + tok(completion, add_special_tokens=False).input_ids + [tok.eos_token_id]
-        else:
-            p_ids = tok(prompt, add_special_tokens=True).input_ids
-            ids = p_ids + tok(completion, add_special_tokens=False).input_ids + [tok.eos_token_id]
-        labels = [IGNORE] * len(p_ids) + ids[len(p_ids):] if spec.mask_prompt else list(ids)
+        ids, n_prompt = _encode_pair(tok, chat, fields[0], fields[1] or "", seq_len)
+        labels = [IGNORE] * n_prompt + ids[n_prompt:] if spec.mask_prompt else list(ids)
         return ids, labels
-    messages = _field(rec, spec.messages_field, index, spec.source)
+    messages = fields[0]
     if not chat:
         raise ValueError(f"{spec.source}: format 'messages' needs a tokenizer with a chat template")
-    ids = _chat_ids(tok, messages)
+    if seq_len is not None:
+        messages = _clip_messages(messages, CHARS_PER_TOKEN * seq_len)
+    ids = _chat_ids(tok, messages)[:seq_len]
     if not spec.mask_prompt:
         return ids, list(ids)
     labels = [IGNORE] * len(ids)
@@ -158,13 +342,17 @@ def pack(examples, seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def build_rows(spec: DataSpec, tok, seq_len: int, limit: int | None = None) -> dict[str, torch.Tensor]:
-    """Read, encode and pack a dataset."""
+    """Read, encode and pack a dataset; records with an empty completion are skipped and counted."""
     records = read_records(spec.source, spec.split)
     if limit is not None:
         records = records[:limit]
     if not records:
         raise ValueError(f"{spec.source}: no records")
-    examples = [encode_record(r, tok, spec, i) for i, r in enumerate(records)]
+    kept = [(i, r) for i, r in enumerate(records) if not record_is_empty(r, spec, i)]
+    report_skipped(len(records) - len(kept), "text" if spec.format == "text" else "completion", spec.source)
+    if not kept:
+        raise ValueError(f"{spec.source}: all {len(records)} records have an empty completion")
+    examples = [encode_record(r, tok, spec, i, seq_len) for i, r in kept]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return pack(examples, seq_len, pad)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import DPOConfig, DPOTrainer
 
-from .data import read_records
+from .data import MESSAGES, is_empty, read_records, record_value, report_skipped, require_file
 from .trl_stage import load_with_tokenizer, train_and_save
 
 
@@ -51,16 +51,26 @@ def _wrong(answer: str) -> str:
         return answer + "1"
 
 
+def _preference(r: dict, i: int, data: str) -> dict:
+    """prompt, chosen and rejected of one jsonl row, each a string or chat messages (chosen/rejected may be null:
+    empty)."""
+    missing = [k for k in ("prompt", "chosen", "rejected") if k not in r]
+    if missing:
+        raise ValueError(f"{data} row {i} has no {missing[0]!r} field (keys: {sorted(r)})")
+    return {"prompt": record_value(r, "prompt", i, data, (str, MESSAGES)),
+            **{k: record_value(r, k, i, data, (str, MESSAGES, type(None))) for k in ("chosen", "rejected")}}
+
+
 def preference_rows(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
+    """Rows of a .jsonl (checked as distill.data checks records; a row whose chosen or rejected answer is empty is
+    skipped and counted), or synthetic preferences from a tasks spec."""
     from .tasks import load_tasks, prompt_of
+    require_file(data, "an existing .jsonl of prompt/chosen/rejected rows, or a tasks spec such as synthetic:train")
     if os.path.isfile(data) and data.endswith(".jsonl"):
-        rows = []
-        for i, r in enumerate(read_records(data)):
-            missing = [k for k in ("prompt", "chosen", "rejected") if k not in r]
-            if missing:
-                raise ValueError(f"{data} row {i} has no {missing[0]!r} field (keys: {sorted(r)})")
-            rows.append({k: r[k] for k in ("prompt", "chosen", "rejected")})
-        return rows[:n] if n is not None else rows
+        rows = [_preference(r, i, data) for i, r in enumerate(read_records(data))]
+        kept = [r for r in rows if not (is_empty(r["chosen"]) or is_empty(r["rejected"]))]
+        report_skipped(len(rows) - len(kept), "completion", data)
+        return kept[:n] if n is not None else kept
     rows = []
     for p in load_tasks(data, n=n, seed=seed):
         gold = p.solution or f"\\boxed{{{p.answer}}}"

@@ -1,12 +1,15 @@
 """Recipes: YAML files parsed into dataclasses, strictly.
 
 An unknown key, a wrong type or an invalid value is a ValueError naming the file, the key and the value.
+Floats may be written 3e-4: YAML 1.1 (PyYAML) reads an exponent without a dot as a string, so the loader resolves
+such scalars as floats, and a float field also takes a numeric string ("1E-5", "1e4"; never "abc", "nan" or "inf").
 A recipe may carry `profiles: {name: {dotted.key: value, ...}}`; choosing a profile applies its overrides,
 and `--set dotted.key=value` on the command line applies last.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -86,29 +89,45 @@ class DistillRecipe:
             prev = r
 
 
-def _check_type(value, tp, where: str):
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 3e-4 as a float (YAML 1.2 does; 1.1 wants 3.0e-4)."""
+
+
+_EXPONENT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789"))
+
+
+def _coerce(value, tp, where: str):
+    """`value` checked against type hint `tp`: itself, or a float where `tp` wants one and it is a numeric string."""
     origin = typing.get_origin(tp)
     if tp is typing.Any:
-        return
+        return value
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         for arg in typing.get_args(tp):
             try:
-                _check_type(value, arg, where)
-                return
+                return _coerce(value, arg, where)
             except ValueError:
                 continue
         raise ValueError(f"{where}={value!r} has the wrong type (expected {tp})")
     if tp is type(None):
         if value is not None:
             raise ValueError(f"{where}={value!r} must be null")
-        return
+        return value
     base = origin or tp
     if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return
+        return value
+    if base is float and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
     if base is int and isinstance(value, bool):
         raise ValueError(f"{where}={value!r} must be an integer")
     if isinstance(base, type) and not isinstance(value, base):
         raise ValueError(f"{where}={value!r} must be {base.__name__}")
+    if base is list and typing.get_args(tp) and isinstance(value, list):
+        return [_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
 
 
 def from_dict(cls, data: dict, file: str = "<recipe>", prefix: str = ""):
@@ -127,10 +146,9 @@ def from_dict(cls, data: dict, file: str = "<recipe>", prefix: str = ""):
             kwargs[key] = from_dict(tp, value, file, f"{where}.")
             continue
         try:
-            _check_type(value, tp, where)
+            kwargs[key] = _coerce(value, tp, where)
         except ValueError as err:
             raise ValueError(f"{file}: {err}") from None
-        kwargs[key] = value
     try:
         return cls(**kwargs)
     except ValueError as err:
@@ -150,7 +168,7 @@ def _set_dotted(data: dict, dotted: str, value, file: str):
 def load_recipe(path: str, cls=DistillRecipe, profile: str | None = None, overrides: list[str] = ()):
     """Parse a YAML recipe, apply a profile and `key=value` overrides, and validate."""
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+        data = yaml.load(f, Loader=_Loader) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
     if profile is not None:
@@ -163,8 +181,13 @@ def load_recipe(path: str, cls=DistillRecipe, profile: str | None = None, overri
         if "=" not in item:
             raise ValueError(f"--set {item!r} must look like key=value")
         dotted, raw = item.split("=", 1)
-        _set_dotted(data, dotted.strip(), yaml.safe_load(raw), "--set")
+        _set_dotted(data, dotted.strip(), yaml_value(raw), "--set")
     return from_dict(cls, data, path)
+
+
+def yaml_value(raw: str):
+    """One value as a recipe file or `--set` reads it (3e-4 is a float)."""
+    return yaml.load(raw, Loader=_Loader)
 
 
 def recipe_to_dict(recipe) -> dict:

@@ -14,11 +14,13 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from .data import check_value, read_jsonl, require_file
 from .rewards import check_rows, get_rewards
 from .trl_stage import load_with_tokenizer, train_and_save
 
@@ -66,9 +68,25 @@ class RLArgs:
             raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.rewards)} rewards")
 
 
+def _check_task_file(data: str) -> None:
+    """A GSM8K/MATH jsonl checked as distill.data checks records: file and line on bad JSON; file, row, field and
+    type on a wrong-typed field (a GSM8K answer is text ending in '#### n', a MATH answer text or a number)."""
+    records = read_jsonl(data)  # load_tasks reads any file as jsonl
+    gsm8k = bool(records) and "question" in records[0]  # load_tasks tells the formats apart the same way
+    types = {"question": (str,), "problem": (str,), "solution": (str, type(None)),
+             "answer": (str,) if gsm8k else (str, int, float, type(None))}
+    for i, r in enumerate(records):
+        for name, allowed in types.items():
+            if name in r:
+                check_value(r[name], name, i, data, allowed)
+
+
 def rl_rows(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
     """Chat prompts with gold answers from a tasks spec or a GSM8K/MATH jsonl."""
     from .tasks import load_tasks, prompt_of
+    require_file(data, "an existing GSM8K- or MATH-style .jsonl, or a tasks spec such as synthetic:train")
+    if os.path.isfile(data):
+        _check_task_file(data)
     rows = [{"prompt": [{"role": "user", "content": prompt_of(p)}], "answer": p.answer}
             for p in load_tasks(data, n=n, seed=seed)]
     check_rows(rows)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from .data import read_records
+from .data import MESSAGES, is_empty, read_records, record_value, report_skipped, require_file
 from .trl_stage import load_with_tokenizer, train_and_save
 
 
@@ -56,31 +56,48 @@ def rows_from(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
     """Prompt/completion conversations from a tasks spec (gold <think> solutions) or a jsonl file.
 
     jsonl rows may hold `prompt` + `completion` (strings or message lists), or `messages` (the last assistant
-    message is the completion), or `problem`/`question` + `solution`.
+    message is the completion), or `problem`/`question` + `solution`. Fields are checked as distill.data checks
+    them (file and line on bad JSON, file, row, field and type on a wrong type); rows whose completion is empty are
+    skipped and counted.
     """
     from .tasks import load_tasks, prompt_of
+    require_file(data, "an existing .jsonl of chat rows, or a tasks spec such as synthetic:train")
     if not os.path.isfile(data) or not data.endswith(".jsonl"):
         return [{"prompt": [{"role": "user", "content": prompt_of(p)}],
                  "completion": [{"role": "assistant", "content": p.solution or f"\\boxed{{{p.answer}}}"}],
                  "answer": p.answer} for p in load_tasks(data, n=n, seed=seed)]
-    rows = []
+    rows, empty = [], 0
     for i, r in enumerate(read_records(data)):
-        if "messages" in r:
-            msgs = r["messages"]
-            last = max((j for j, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
-            if last is None:
-                raise ValueError(f"{data} row {i}: 'messages' has no assistant message")
-            rows.append({"prompt": msgs[:last], "completion": [msgs[last]]})
-        elif "prompt" in r and "completion" in r:
-            wrap = lambda v, role: v if isinstance(v, list) else [{"role": role, "content": v}]  # noqa: E731
-            rows.append({"prompt": wrap(r["prompt"], "user"), "completion": wrap(r["completion"], "assistant")})
-        elif ("problem" in r or "question" in r) and "solution" in r:
-            rows.append({"prompt": [{"role": "user", "content": r.get("problem") or r["question"]}],
-                         "completion": [{"role": "assistant", "content": r["solution"]}]})
+        row = _chat_row(r, i, data)
+        if is_empty(row["completion"]):
+            empty += 1
         else:
-            raise ValueError(f"{data} row {i}: needs 'messages', 'prompt'+'completion' or 'problem'+'solution'; "
-                             f"has {sorted(r)}")
+            rows.append(row)
+    report_skipped(empty, "completion", data)
     return rows[:n] if n is not None else rows
+
+
+def _chat_row(r: dict, i: int, data: str) -> dict:
+    """One jsonl row as {"prompt": messages, "completion": messages}, its fields type-checked."""
+    text, chat = (str,), (str, MESSAGES)
+    if "messages" in r:
+        msgs = record_value(r, "messages", i, data, (MESSAGES,))
+        last = max((j for j, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise ValueError(f"{data} row {i}: 'messages' has no assistant message")
+        return {"prompt": msgs[:last], "completion": [msgs[last]]}
+    if "prompt" in r and "completion" in r:
+        wrap = lambda v, role: v if isinstance(v, list) else [{"role": role, "content": v or ""}]  # noqa: E731
+        return {"prompt": wrap(record_value(r, "prompt", i, data, chat), "user"),
+                "completion": wrap(record_value(r, "completion", i, data, chat + (type(None),)), "assistant")}
+    if ("problem" in r or "question" in r) and "solution" in r:
+        key = "problem" if r.get("problem") or "question" not in r else "question"
+        question = record_value(r, key, i, data, text)
+        solution = record_value(r, "solution", i, data, text + (type(None),))
+        return {"prompt": [{"role": "user", "content": question}],
+                "completion": [{"role": "assistant", "content": solution or ""}]}
+    raise ValueError(f"{data} row {i}: needs 'messages', 'prompt'+'completion' or 'problem'+'solution'; "
+                     f"has {sorted(r)}")
 
 
 def reverse_kl(student_logits, teacher_logits, labels) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,6 +51,8 @@ import threading
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
+from .data import looks_like_path, read_jsonl, require_file
+
 log = logging.getLogger(__name__)
 
 BOXED = "\\boxed{"
@@ -514,15 +516,10 @@ def synthetic_math(n: int, split: str = "train", levels=(1, 2, 3), seed: int = 0
 
 
 # ---------------- loaders ----------------
-def _read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def load_gsm8k(path: str) -> list[Problem]:
     """GSM8K-style jsonl: `question`, and `answer` ending in `#### n`."""
     out = []
-    for i, rec in enumerate(_read_jsonl(path)):
+    for i, rec in enumerate(read_jsonl(path)):
         for key in ("question", "answer"):
             if key not in rec:
                 raise ValueError(f"{path}: row {i} has no field {key!r} (fields: {sorted(rec)})")
@@ -537,7 +534,7 @@ def load_gsm8k(path: str) -> list[Problem]:
 def load_math(path: str) -> list[Problem]:
     """MATH / AIME-style jsonl: `problem` and `answer`, or a `solution` whose last \\boxed{} is the answer."""
     out = []
-    for i, rec in enumerate(_read_jsonl(path)):
+    for i, rec in enumerate(read_jsonl(path)):
         if "problem" not in rec:
             raise ValueError(f"{path}: row {i} has no field 'problem' (fields: {sorted(rec)})")
         gold = rec.get("answer")
@@ -562,11 +559,10 @@ def load_tasks(spec: str, n: int | None = None, seed: int = 0) -> list[Problem]:
                 levels = tuple(int(x) for x in extra[len("levels="):].split(","))
         return synthetic_math(n if n is not None else 100, split, levels, seed)
     if os.path.isfile(spec):
-        first = _read_jsonl(spec)[:1]
+        first = read_jsonl(spec)[:1]
         probs = load_gsm8k(spec) if first and "question" in first[0] else load_math(spec)
-    elif spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or spec.endswith((".jsonl", ".json")):
-        raise ValueError(f"tasks file {spec}: no such file (a task spec is synthetic:<split>, a .jsonl file or a "
-                         f"hub dataset id)")
+    elif looks_like_path(spec):
+        require_file(spec, "synthetic:<split>, an existing GSM8K/MATH-style .jsonl file or a hub dataset id")
     else:
         import datasets
         ds = datasets.load_dataset(spec, split="test")

@@ -8,15 +8,21 @@
 - Checkpoints every `save_every` steps, written to a temporary folder and renamed, then named in `latest`:
   an interrupted write never replaces a good checkpoint. `resume=True` restores model, optimizer, scheduler, RNG
   and data position, so the loss curve continues exactly (tested).
+- Checkpoints hold no pickle (loading one must not run code planted in it): module.safetensors (weights),
+  trainer.safetensors (optimizer moments, torch RNG states) and trainer.json (everything else, tensors named by
+  reference). An unreadable checkpoint raises CheckpointError naming the file; resume then falls back to the
+  previous kept one (keep_checkpoints > 1) or refuses.
 - A non-finite loss stops the run with an error naming the step; the last good checkpoint is kept.
 - Ctrl-C saves the state after the last finished step before stopping.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -27,6 +33,10 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .data import RowLoader
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "hybrid-distill-trainer/1"
+_STEP_DIR = re.compile(r"step-\d+")
 
 
 @dataclass
@@ -69,6 +79,10 @@ class StopRequested(Exception):
     """Raised by `stop_after` (tests simulate an interruption with it)."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt or not in the expected format."""
+
+
 def lr_lambda(args: TrainArgs) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < args.warmup_steps:
@@ -91,6 +105,132 @@ def _set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- checkpoint files: tensors in safetensors, everything else in JSON (no pickle, so reading runs no code) ----
+def _own_storage(tensors: dict) -> dict:
+    """CPU, contiguous tensors that share no storage (safetensors refuses tied weights and views)."""
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().cpu().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        if ptr and ptr in seen:
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        out[k] = v
+    return out
+
+
+def _encode(obj, path: str, tensors: dict):
+    """obj as JSON values; tensors go to `tensors` under their path, tuples and non-string-keyed dicts are tagged
+    so that they come back as they were (optimizer state has int keys, Python's RNG state is nested tuples)."""
+    if isinstance(obj, torch.Tensor):
+        key = path if path not in tensors else f"{path}#{len(tensors)}"
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, _join(path, i), tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, _join(path, i), tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, _join(path, k), tensors) for k, v in obj.items()}
+        return {"__dict__": [[_encode(k, path, {}), _encode(v, _join(path, k), tensors)] for k, v in obj.items()]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint state {path}: cannot store a {type(obj).__name__}")
+
+
+def _join(path: str, key) -> str:
+    return f"{path}/{key}" if path else str(key)
+
+
+def _decode(obj, tensors: dict):
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if set(obj) == {"__tensor__"}:
+        if obj["__tensor__"] not in tensors:
+            raise KeyError(f"tensor {obj['__tensor__']!r} is missing")
+        return tensors[obj["__tensor__"]]
+    if set(obj) == {"__tuple__"}:
+        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+    if set(obj) == {"__dict__"}:
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__dict__"]}
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+def _write_state(folder: str, name: str, state: dict) -> None:
+    """state -> folder/name.safetensors (its tensors) + folder/name.json (the rest, which references them)."""
+    from safetensors.torch import save_file
+    tensors = {}
+    plain = {"format": CHECKPOINT_FORMAT, **_encode(state, "", tensors)}
+    save_file(_own_storage(tensors), os.path.join(folder, f"{name}.safetensors"))
+    with open(os.path.join(folder, f"{name}.json"), "w") as f:
+        json.dump(plain, f)
+
+
+def _read_tensors(path: str) -> dict:
+    from safetensors.torch import load_file
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # noqa: BLE001 - safetensors parses without running code; any failure is a bad file
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+
+
+def _read_state(folder: str, name: str) -> dict:
+    path = os.path.join(folder, f"{name}.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            plain = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(plain, dict) or plain.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    tensors = _read_tensors(os.path.join(folder, f"{name}.safetensors"))
+    try:
+        return _decode({k: v for k, v in plain.items() if k != "format"}, tensors)
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: {type(e).__name__}: {e}") from e
+
+
+def _read_legacy(folder: str) -> tuple[dict, dict]:
+    """module.pt + trainer.pt of earlier versions, through torch's restricted unpickler (tensors and plain types
+    only: a planted payload is refused, never run)."""
+    out = []
+    for name in ("module.pt", "trainer.pt"):
+        path = os.path.join(folder, name)
+        try:
+            out.append(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as e:  # noqa: BLE001 - weights_only loading runs no code; any failure is a bad file
+            raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    return out[0], out[1]
+
+
+def read_checkpoint(folder: str) -> tuple[dict, dict]:
+    """(module state dict, trainer state) of a checkpoint folder, validated; CheckpointError names a bad file."""
+    if not os.path.isfile(os.path.join(folder, "trainer.json")) and os.path.isfile(os.path.join(folder, "trainer.pt")):
+        module_state, st = _read_legacy(folder)
+    else:
+        st = _read_state(folder, "trainer")
+        module_state = _read_tensors(os.path.join(folder, "module.safetensors"))
+    if not isinstance(module_state, dict) or not all(isinstance(v, torch.Tensor) for v in module_state.values()):
+        raise CheckpointError(f"{folder}: the module weights are not a dict of tensors")
+    _check_trainer_state(st, folder)
+    return module_state, st
+
+
+def _check_trainer_state(st, where: str) -> None:
+    expect = {"step": int, "position": int, "history": list, "optimizer": dict, "scheduler": dict, "rng": dict}
+    if not isinstance(st, dict):
+        raise CheckpointError(f"{where}: holds a {type(st).__name__}, not the trainer state")
+    for key, kind in expect.items():
+        if not isinstance(st.get(key), kind):
+            raise CheckpointError(f"{where}: {key}={st.get(key)!r:.60} is not a {kind.__name__}")
+    rng = st["rng"]
+    if not isinstance(rng.get("python"), tuple) or not isinstance(rng.get("torch"), torch.Tensor):
+        raise CheckpointError(f"{where}: rng state lacks the python tuple or the torch tensor")
 
 
 def process_state():
@@ -135,46 +275,92 @@ class Trainer:
 
     # ---- checkpoints ----
     def latest_checkpoint(self) -> str | None:
+        """The checkpoint named in `latest`; None when there is none (a pointer naming anything but a step folder
+        of this root counts as none)."""
         pointer = os.path.join(self.ckpt_root, "latest")
         if not os.path.isfile(pointer):
             return None
-        with open(pointer) as f:
-            path = os.path.join(self.ckpt_root, f.read().strip())
-        return path if os.path.isdir(path) else None
+        try:
+            with open(pointer, encoding="utf-8") as f:
+                name = f.read().strip()
+        except (OSError, ValueError):
+            return None
+        path = os.path.join(self.ckpt_root, name)
+        return path if _STEP_DIR.fullmatch(name) and os.path.isdir(path) else None
+
+    def resume_candidates(self) -> list[str]:
+        """Checkpoints to resume from, best first: the one named in `latest`, then the older kept ones (newest
+        first), which a resume falls back to when a newer one is unreadable."""
+        names = sorted((d for d in os.listdir(self.ckpt_root) if _STEP_DIR.fullmatch(d)), reverse=True) \
+            if os.path.isdir(self.ckpt_root) else []
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            names = [d for d in names if d < os.path.basename(latest)]
+            return [latest] + [os.path.join(self.ckpt_root, d) for d in names]
+        return [os.path.join(self.ckpt_root, d) for d in names]
 
     def save(self) -> str:
         self.acc.wait_for_everyone()
         name = f"step-{self.step:07d}"
         final = os.path.join(self.ckpt_root, name)
         # get_state_dict gathers FSDP / ZeRO-3 shards (a collective: every rank calls it)
-        state = {k: v.detach().cpu() for k, v in self.acc.get_state_dict(self.module).items()}
+        state = self.acc.get_state_dict(self.module)
         if self.acc.is_main_process:
+            from safetensors.torch import save_file
             tmp = final + ".tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
-            torch.save(state, os.path.join(tmp, "module.pt"))
-            torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                        "rng": _rng_state(), "step": self.step, "position": self.loader.position,
-                        "history": self.history, "args": asdict(self.args)}, os.path.join(tmp, "trainer.pt"))
+            save_file(_own_storage(state), os.path.join(tmp, "module.safetensors"))
+            _write_state(tmp, "trainer", {
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": _rng_state(),
+                "step": self.step, "position": self.loader.position, "history": self.history,
+                "args": asdict(self.args)})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             with open(os.path.join(self.ckpt_root, "latest.tmp"), "w") as f:
                 f.write(name)
             os.replace(os.path.join(self.ckpt_root, "latest.tmp"), os.path.join(self.ckpt_root, "latest"))
-            kept = sorted(d for d in os.listdir(self.ckpt_root) if d.startswith("step-") and not d.endswith(".tmp"))
+            kept = sorted(d for d in os.listdir(self.ckpt_root) if _STEP_DIR.fullmatch(d))
             for old in kept[:-self.args.keep_checkpoints]:
                 shutil.rmtree(os.path.join(self.ckpt_root, old), ignore_errors=True)
         self.acc.wait_for_everyone()
         return final
 
     def load(self, path: str) -> None:
+        """Restore the state saved in `path`; CheckpointError names the file when it cannot be read."""
+        module_state, st = read_checkpoint(path)
         module = self.acc.unwrap_model(self.module)
-        module.load_state_dict(torch.load(os.path.join(path, "module.pt"), map_location="cpu"))
-        st = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=False)
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        _set_rng_state(st["rng"])
+        try:
+            module.load_state_dict(module_state)
+            self.opt.load_state_dict(st["optimizer"])
+            self.sched.load_state_dict(st["scheduler"])
+            _set_rng_state(st["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise CheckpointError(f"{path}: does not fit this model and optimizer ({type(e).__name__}: {e})") from e
         self.step, self.loader.position, self.history = st["step"], st["position"], st["history"]
+
+    def resume(self) -> str | None:
+        """Load the newest readable checkpoint; returns its path (None: nothing to resume). A bad newer one is
+        skipped with a warning naming it; when none can be read, CheckpointError lists why."""
+        errors, bad = [], []
+        for path in self.resume_candidates():
+            try:
+                self.load(path)
+            except CheckpointError as e:
+                if self.acc.is_main_process:
+                    logger.warning("%s: skipping an unreadable checkpoint: %s", self.name, e)
+                errors.append(str(e))
+                bad.append(path)
+                continue
+            if self.acc.is_main_process:
+                for b in bad:  # out of the rotation's (and the next resume's) way, kept for inspection
+                    shutil.rmtree(b + ".unreadable", ignore_errors=True)
+                    os.replace(b, b + ".unreadable")
+            return path
+        if errors:
+            raise CheckpointError(f"{self.name}: cannot resume, no readable checkpoint in {self.ckpt_root} "
+                                  f"(keep_checkpoints={self.args.keep_checkpoints}): " + "; ".join(errors))
+        return None
 
     # ---- logging ----
     def _log(self, record: dict) -> None:
@@ -251,8 +437,8 @@ class Trainer:
         many steps of this call (a simulated interruption)."""
         torch.manual_seed(self.args.seed)
         random.seed(self.args.seed)
-        if resume and (path := self.latest_checkpoint()):
-            self.load(path)
+        if resume:
+            self.resume()
         self.module.train()
         done_now = 0
         bar = tqdm(total=self.args.steps, initial=self.step, desc=self.name, disable=not self.acc.is_main_process,

@@ -1,9 +1,25 @@
-"""What the TRL-driven stages (sft.py, rl.py, dpo.py) share: load the model, train resumably, save the result."""
+"""What the TRL-driven stages (sft.py, rl.py, dpo.py) share: load the model, train resumably, save the result.
+
+TRL writes checkpoint-N in place (weights, optimizer, scheduler, RNG, then trainer_state.json last), so a kill
+mid-save leaves a folder that its own `resume_from_checkpoint=True` picks and fails on. Resume here picks the
+newest complete checkpoint instead, and moves incomplete ones to incomplete-checkpoints/ (out of the way of TRL's
+rotation, which would count them against save_total_limit).
+"""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
+import zipfile
 from dataclasses import asdict
+
+from hybrid.checkpoints import safetensors_keys
+
+logger = logging.getLogger(__name__)
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+INCOMPLETE = "incomplete-checkpoints"
 
 
 def load_with_tokenizer(spec: str):
@@ -17,11 +33,95 @@ def load_with_tokenizer(spec: str):
     return model, tok
 
 
+def _safetensors_problem(path: str) -> str | None:
+    try:
+        safetensors_keys(path)
+    except (OSError, ValueError) as e:
+        return str(e)
+    return None
+
+
+def _weights_problem(path: str, names: set[str]) -> str | None:
+    """Model weights present and readable: every safetensors header (a truncated file fails it), every shard an
+    index names; torch-format files (.bin, .pt, .pth) at least a whole zip archive. FSDP's and DeepSpeed's own
+    weight folders (pytorch_model_fsdp_0/, global_stepN/) count as present."""
+    if not any(n.endswith(".safetensors") or n.startswith(("pytorch_model", "global_step")) for n in names):
+        return "no model weights (model.safetensors)"
+    for n in sorted(names):
+        if n.endswith(".safetensors.index.json"):
+            try:
+                with open(os.path.join(path, n)) as f:
+                    shards = set(json.load(f)["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                return f"{n}: {type(e).__name__}: {e}"
+            if shards - names:
+                return f"{n} names missing shards {sorted(shards - names)}"
+        elif n.endswith(".safetensors") and (problem := _safetensors_problem(os.path.join(path, n))):
+            return problem
+        elif n.endswith((".bin", ".pt", ".pth")) and os.path.isfile(os.path.join(path, n)) \
+                and not zipfile.is_zipfile(os.path.join(path, n)):
+            return f"{n} is not a whole torch archive"
+    return None
+
+
+def checkpoint_problem(path: str, optimizer: bool = True) -> str | None:
+    """Why TRL cannot resume from the checkpoint folder `path`, or None when it is complete: trainer_state.json
+    (written last) parses, the weights read, and (optimizer=True) optimizer and scheduler state are there."""
+    try:
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            if not isinstance(json.load(f), dict):
+                return "trainer_state.json is not a JSON object"
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json: {type(e).__name__}: {e}"
+    names = set(os.listdir(path))
+    if problem := _weights_problem(path, names):
+        return problem
+    if optimizer and not names & {"optimizer.pt", "optimizer.bin", "optimizer_0"}:
+        return "no optimizer state (optimizer.pt)"
+    if optimizer and "scheduler.pt" not in names:
+        return "no scheduler state (scheduler.pt)"
+    return None
+
+
+def _set_aside(path: str) -> str:
+    """Move an incomplete checkpoint to <out>/incomplete-checkpoints/ (kept for inspection; a later one of the
+    same name replaces it)."""
+    dest = os.path.join(os.path.dirname(path), INCOMPLETE, os.path.basename(path))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    os.replace(path, dest)
+    return dest
+
+
+def resume_checkpoint(out: str, optimizer: bool = True, main: bool = True) -> str | None:
+    """The newest complete checkpoint-N in `out` (None: none). Incomplete ones are named in a warning and, on the
+    main process, set aside."""
+    if not os.path.isdir(out):
+        return None
+    found = sorted((int(m.group(1)), d) for d in os.listdir(out)
+                   if (m := _CHECKPOINT.fullmatch(d)) and os.path.isdir(os.path.join(out, d)))
+    chosen = None
+    for _, d in reversed(found):
+        path = os.path.join(out, d)
+        problem = checkpoint_problem(path, optimizer)
+        if problem is None:
+            chosen = chosen or path
+        elif main:
+            logger.warning("skipping incomplete checkpoint %s (%s); moved to %s", path, problem, _set_aside(path))
+    return chosen
+
+
 def train_and_save(trainer, tokenizer, args, resume: bool, name: str) -> str:
-    """Train (from the last checkpoint in args.out when resume and one exists); save the model and tokenizer to
-    args.out/final and the stage's arguments to args.out/{name}_args.json; return the final folder."""
-    has_ckpt = os.path.isdir(args.out) and any(d.startswith("checkpoint-") for d in os.listdir(args.out))
-    trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
+    """Train (when resume, from the newest complete checkpoint in args.out, if any); save the model and tokenizer
+    to args.out/final and the stage's arguments to args.out/{name}_args.json; return the final folder."""
+    path = None
+    if resume:
+        optimizer = not (trainer.args.save_only_model or trainer.is_deepspeed_enabled)
+        if trainer.is_world_process_zero():
+            resume_checkpoint(args.out, optimizer)  # names and sets aside the incomplete ones
+        trainer.accelerator.wait_for_everyone()
+        path = resume_checkpoint(args.out, optimizer, main=False)
+    trainer.train(resume_from_checkpoint=path)
     final = os.path.join(args.out, "final")
     trainer.save_model(final)  # every rank calls it (it gathers sharded weights); rank 0 writes
     if trainer.is_world_process_zero():

@@ -254,6 +254,19 @@ class GenerationOutput:
     linear: str = "aten"  # the CPU linear layers: "aten" (F.linear) or "onednn-packed" (hybrid.prepack)
 
 
+def check_length(model, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """ValueError where the longest prompt plus max_new_tokens needs more positions than the model's config has
+    (max_position_embeddings; no limit where the config has none). Positions count a row's real tokens only, so
+    padding does not count. Beyond the limit, RoPE attention meets positions it never saw in training and degrades
+    without any error of its own."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    i = max(range(len(prompts)), key=lambda k: len(prompts[k]))
+    if limit and len(prompts[i]) + max_new_tokens > limit:
+        raise ValueError(f"prompt {i} has {len(prompts[i])} tokens; with max_new_tokens={max_new_tokens} that is "
+                         f"{len(prompts[i]) + max_new_tokens} positions, beyond the model's "
+                         f"max_position_embeddings={limit} (shorten the prompt or lower max_new_tokens)")
+
+
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], params: SamplingParams | None = None, eos_token_id=None,
              pad_token_id: int = 0, tokenizer=None, timer=None, on_step=None, decode: str = "auto",
@@ -267,12 +280,17 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
     timer: optional callable returning seconds (e.g. a synchronizing clock) for prefill / decode timing.
     on_step: optional callable(tokens [b] list[int], active [b] list[bool]) called after every sampled token
     (streaming); `active[i]` is False for rows that had already stopped before this step.
+
+    A prompt whose length plus max_new_tokens exceeds the model's `config.max_position_embeddings` is a ValueError
+    (check_length), never a silent run past the positions the model was trained on; no prompt is truncated, since
+    which tokens to drop is the caller's choice.
     """
     import time
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    params = params or SamplingParams()
+    check_length(model, prompts, params.max_new_tokens)
     clock = timer or time.perf_counter
-    dev = next(model.parameters()).device
     t0 = clock()
     with prepacked_linears(model, prepack) as packed:
         out = _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clock, t0, on_step, decode)

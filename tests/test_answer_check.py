@@ -203,11 +203,9 @@ def test_score_records_timed_out_checks(monkeypatch):
 def test_a_busy_checker_is_killed_at_exit(tmp_path):
     """A process that exits while its checker is stuck leaves no checker running."""
     code = f"""
-import importlib.util, sys, threading, time
-spec = importlib.util.spec_from_file_location("tasks", {tasks.__file__!r})
-tasks = importlib.util.module_from_spec(spec)
-sys.modules["tasks"] = tasks
-spec.loader.exec_module(tasks)
+import sys, threading, time
+sys.path.insert(0, {os.path.dirname(os.path.dirname(tasks.__file__))!r})
+from distill import tasks
 assert tasks.is_correct(r"\\boxed{{\\sqrt{{4}}}}", "2")
 tasks._SLEEP_FOR_TESTS = 60.0
 threading.Thread(target=tasks.is_correct, args=(r"\\boxed{{x}}", "x"), kwargs={{"timeout": 60}}, daemon=True).start()

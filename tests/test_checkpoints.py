@@ -95,7 +95,7 @@ def test_bad_layer_type_in_saved_config_names_it(tmp_path):
 
 
 def test_bad_specs(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="nothing.gguf: no such file"):
         load_pretrained(str(tmp_path / "nothing.gguf"))
     os.makedirs(tmp_path / "empty")
     with pytest.raises(ValueError, match="no config.json"):
