@@ -2,7 +2,8 @@
 # Throughput of SmolLM2-135M vs hybrids made from it (transfer-initialised: enough for speed), one engine, one run;
 # long contexts again with the models stepped in turn; short contexts; the teacher with and without oneDNN-packed
 # linears; then accuracy under time budgets on synthetic math.
-# Writes runs/bench-smollm2/{bench,time_budget}.{json,png} and bench.* under interleaved/, crossover/, prepack/.
+# Writes runs/bench-smollm2/bench.{json,csv,png}, bench.* under interleaved/, crossover/, prepack/, and
+# time_budget.{json,png} under time-budget/ (every command its own folder: a non-empty --out is refused).
 set -euo pipefail
 out=${1:-runs/bench-smollm2}
 hybrid-distill bench throughput \
@@ -20,4 +21,4 @@ hybrid-distill bench throughput --models smollm2-135m --batch 1 16 --prompt-len 
   --out "$out/prepack"
 hybrid-distill eval time-budget --models smollm2-135m "${2:-smollm2-135m@attn=0.25}" \
   --tasks synthetic:test:levels=1 --n 12 --samples 4 --max-new-tokens 96 --batch-candidates 4 16 \
-  --budgets 0.5 1 2 4 8 16 --out "$out"
+  --budgets 0.5 1 2 4 8 16 --out "$out/time-budget"

@@ -8,9 +8,9 @@ set -euo pipefail
 out=${1:-runs/demo-sft-rl}
 hybrid=${2:-runs/demo-h50/final}
 R=recipes/smollm2-135m
-evaluate() {  # model dir-or-spec, out dir
+evaluate() {  # model dir-or-spec, out dir (no eval.json there: an interrupted evaluation, redone)
   [ -f "$2/eval.json" ] || hybrid-distill eval --model "$1" --tasks synthetic:test:levels=1 --n 60 --samples 4 \
-    --max-new-tokens 64 --temperature 0.7 --out "$2" > /dev/null
+    --max-new-tokens 64 --temperature 0.7 --out "$2" --overwrite > /dev/null
 }
 for name in teacher hybrid; do
   model=smollm2-135m; [ "$name" = hybrid ] && model=$hybrid

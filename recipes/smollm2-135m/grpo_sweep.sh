@@ -8,7 +8,7 @@ sft=${1:?SFT checkpoint}
 out=${2:-runs/grpo-sweep}
 evaluate() {  # model, out dir
   [ -f "$2/eval.json" ] || hybrid-distill eval --model "$1" --tasks synthetic:test:levels=1 --n 120 --samples 4 \
-    --max-new-tokens 64 --temperature 0.7 --out "$2" > /dev/null
+    --max-new-tokens 64 --temperature 0.7 --out "$2" --overwrite > /dev/null
 }
 evaluate "$sft" "$out/eval-sft"
 for lr in 1.0e-5 3.0e-6; do

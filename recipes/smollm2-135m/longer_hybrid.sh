@@ -15,7 +15,7 @@ R=recipes/smollm2-135m
 [ -f $X/sft/final/config.json ] || hybrid-distill sft --config $R/sft.yaml --profile demo \
   --set model=$X/distill/final --out $X/sft --resume
 ev() { [ -f "$2/eval.json" ] || hybrid-distill eval --model "$1" --tasks synthetic:test:levels=1 --n 400 \
-  --samples 4 --max-new-tokens 64 --temperature 0.7 --out "$2" > /dev/null; }
+  --samples 4 --max-new-tokens 64 --temperature 0.7 --out "$2" --overwrite > /dev/null; }
 ev $X/sft/final $X/eval-sft
 for s in $SEEDS; do
   suffix=""; [ "$s" = 0 ] || suffix="-seed$s"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one script for a lent GPU machine: build the CUDA kernels, run the GPU tests, run the GPU decode benchmark
 # (each model with the eager decode step and with the CUDA-graph step, side by side).
-# Results land in $OUT (build.log, tests.log, bench.json/csv/png, nvidia-smi.txt). Sized to finish in about
+# Results land in $OUT (build.log, tests.log, bench/bench.json/csv/png, nvidia-smi.txt). Sized to finish in about
 # 8 minutes including the build. The machine's image has CUDA torch but an older transformers and no einops-free
 # guarantees: carry wheels for what it lacks in .gpu-wheels/ (pip download --no-deps -d .gpu-wheels transformers
 # einops safetensors) and they are installed offline first.
@@ -27,7 +27,7 @@ timeout 240 python3 -m pytest -q tests/test_gpu.py tests/test_csrc.py tests/test
 python3 tests/gpu/make_teacher.py "$OUT/teacher" > "$OUT/teacher.log" 2>&1
 timeout 300 python3 -m distill.cli bench throughput --models "$OUT/teacher" "$OUT/teacher@attn=0.25" "$OUT/teacher@attn=0" \
   --batch 1 16 64 --prompt-len 256 --gen-len 256 --context 2048 8192 --context-batch 16 --decode eager graph \
-  --out "$OUT" \
+  --out "$OUT/bench" \
   > "$OUT/bench.log" 2>&1
 rm -rf "$OUT/teacher"
 tail -n 30 "$OUT/tests.log" "$OUT/bench.log"
