@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from .cache import teacher_attention_kinds
+from .modeling import HybridForCausalLM
 
 
 def _refuse(why: str):
@@ -135,6 +136,9 @@ def export_granitemoehybrid(model, out_dir: str, tokenizer=None, atol: float = 1
     """Write the export, reload it with transformers' class, compare logits; returns the max abs difference."""
     from transformers import GraniteMoeHybridForCausalLM
 
+    if not isinstance(model, HybridForCausalLM):
+        raise ValueError(f"export needs a hybrid (a folder written by `hybrid-distill convert` / `distill`, or an "
+                         f"imported release), got a plain {type(model).__name__}; convert it first")
     config = granite_config(model)
     state = granite_state_dict(model)
     granite = GraniteMoeHybridForCausalLM(config).to(next(model.parameters()).dtype)

@@ -268,3 +268,8 @@ def test_out_of_range_flags_are_refused_before_any_work(argv, capsys):
     assert exit_.value.code == 2
     assert f"argument {next(a for a in argv if a.startswith('--') and a not in ('--model', '--prompt', '--models'))}" \
         in capsys.readouterr().err
+
+
+def test_export_of_a_plain_model_is_an_error_not_a_traceback(tmp_path, teacher_dir, capsys):
+    assert main(["export", "--model", str(teacher_dir), "--out", str(tmp_path / "served")]) == 2
+    assert "export needs a hybrid" in capsys.readouterr().err
