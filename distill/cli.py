@@ -74,8 +74,8 @@ def _claim(args, out: str, inputs=(), resume: bool = False, file: bool = False):
 def cmd_convert(args) -> int:
     from hybrid import load_pretrained
 
-    from .init import hybridize
-    from .select import uniform_attention_layers
+    from .conversion.transfer import hybridize
+    from .conversion.select import uniform_attention_layers
 
     t0 = time.perf_counter()
     with _claim(args, args.out, [args.teacher]):
@@ -138,7 +138,7 @@ def cmd_generate(args) -> int:
 
 def cmd_distill(args) -> int:
     from .recipe import load_recipe
-    from .schedule import run_distill, summary_table
+    from .conversion.schedule import run_distill, summary_table
 
     recipe = load_recipe(_need_file(args.config, "--config"), profile=args.profile, overrides=args.set or [])
     out = args.out or os.path.join("runs", os.path.basename(os.path.dirname(os.path.abspath(args.config))))
@@ -180,7 +180,7 @@ def cmd_trl_stage(args) -> int:
     from .recipe import load_recipe
 
     module, cls, run = TRL_STAGES[args.command]
-    mod = importlib.import_module(f"distill.{module}")
+    mod = importlib.import_module(f"distill.posttrain.{module}")
     cfg = load_recipe(_need_file(args.config, "--config"), cls=getattr(mod, cls), profile=args.profile,
                       overrides=args.set or [])
     if args.out:
@@ -197,7 +197,7 @@ def cmd_select(args) -> int:
     from hybrid import load_pretrained
 
     from .data import DataSpec, build_rows, split_rows
-    from .select import SelectContext, save_selection, select
+    from .conversion.select import SelectContext, save_selection, select
 
     with _claim(args, args.out, [args.teacher, args.data]):
         teacher, tok = load_pretrained(args.teacher)
@@ -216,7 +216,7 @@ def cmd_select(args) -> int:
 def cmd_corpus(args) -> int:
     from hybrid import load_pretrained
 
-    from .corpus import build_corpus, read_prompts
+    from .conversion.corpus import build_corpus, read_prompts
 
     with _claim(args, args.out, [args.teacher, args.prompts], resume=args.resume, file=True):
         teacher, tok = load_pretrained(args.teacher)
@@ -229,7 +229,7 @@ def cmd_corpus(args) -> int:
 def cmd_summary(args) -> int:
     import json
 
-    from .schedule import summary_table
+    from .conversion.schedule import summary_table
 
     summaries = []
     for run in args.runs:
@@ -248,7 +248,7 @@ def cmd_summary(args) -> int:
 
 
 def cmd_bench_throughput(args) -> int:
-    from .bench import run_throughput
+    from .evaluation.bench import run_throughput
 
     with _claim(args, args.out, [m.split("@")[0] for m in args.models]):
         run_throughput(args.models, args.batch, args.prompt_len, args.gen_len, args.context or [], args.out,
@@ -262,11 +262,11 @@ def cmd_bench_throughput(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
-    from .evaluate import run_accuracy
-    from .tasks import load_tasks
+    from .evaluation.evaluate import run_accuracy
+    from .evaluation.tasks import load_tasks
 
     if args.mode == "compare":
-        from .evaluate import compare_table, paired_compare
+        from .evaluation.evaluate import compare_table, paired_compare
         if not args.runs or len(args.runs) < 2:
             raise ValueError(f"eval compare needs --runs BASE OTHER [OTHER ...] (eval.json files or folders), got "
                              f"{args.runs}")
@@ -291,7 +291,7 @@ def cmd_eval(args) -> int:
                                   batch_size=args.batch_size, **kw)
             print(json.dumps(result, indent=1))
             return 0
-        from .evaluate import run_time_budget
+        from .evaluation.evaluate import run_time_budget
         run_time_budget(args.models, problems, args.samples, args.budgets, args.batch_candidates, args.out,
                         title=f"{args.tasks}, {len(problems)} problems", tasks=args.tasks, **kw)
     print(f"-> {args.out}/time_budget.json, time_budget.png")
@@ -299,8 +299,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_lm_eval(args) -> int:
-    from .bench import load_spec
-    from .lm_eval_bridge import run_lm_eval, save_results
+    from .evaluation.bench import load_spec
+    from .evaluation.lm_eval_bridge import run_lm_eval, save_results
 
     with _claim(args, args.out, [args.model, args.include_path]):
         model, tok, label = load_spec(args.model, need_tokenizer=True)
@@ -315,13 +315,13 @@ def cmd_lm_eval(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from hybrid.checkpoints import _tokenizer_or_none
+    from hybrid.checkpoints import tokenizer_or_none
     from hybrid.released import load_released
 
     with _claim(args, args.out, [args.src]):
         model, variant = load_released(_need_file(args.src, "--from"))
         model.save_pretrained(args.out)
-        tok = _tokenizer_or_none(args.src)
+        tok = tokenizer_or_none(args.src)
         if tok is not None:
             tok.save_pretrained(args.out)
     print(f"imported {variant} checkpoint {args.src} -> {args.out} (loads with no mamba_config.json)")
@@ -340,14 +340,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench_sampler(args) -> int:
-    from .bench import run_sampler
+    from .evaluation.bench import run_sampler
 
     run_sampler(args.batch, args.vocab, args.reps)
     return 0
 
 
 def cmd_bench_ops(args) -> int:
-    from .bench import run_ops
+    from .evaluation.bench import run_ops
 
     if not args.out:
         run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch)
@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("dpo", "DPO on preference pairs (TRL DPOTrainer), optional last stage")):
         st = _add(sub, name, help=what)
         module, cls, _ = TRL_STAGES[name]
-        st.add_argument("--config", required=True, help=f"YAML of distill.{module}.{cls}")
+        st.add_argument("--config", required=True, help=f"YAML of distill.posttrain.{module}.{cls}")
         st.add_argument("--profile", default=None)
         st.add_argument("--set", action="append", help="key=value override (repeatable)")
         st.add_argument("--out", default=None)

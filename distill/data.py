@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import IGNORE
+from .conversion.losses import IGNORE
 
 FORMATS = ("text", "prompt_completion", "messages")
 FILE_TYPES = (".jsonl", ".json", ".parquet")

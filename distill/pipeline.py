@@ -1,12 +1,12 @@
 """One command from teacher to benchmarked hybrid: `hybrid-distill run recipes/<model>`.
 
 A recipe is a folder with one YAML per stage: distill.yaml (required; distill.recipe.DistillRecipe), sft.yaml
-(distill.sft.SFTArgs), rl.yaml (distill.rl.RLArgs), bench.yaml (BenchRecipe below); a missing optional file
+(distill.posttrain.sft.SFTArgs), rl.yaml (distill.posttrain.rl.RLArgs), bench.yaml (BenchRecipe below); a missing optional file
 skips its stages. `--profile NAME` applies the profile of that name in every file that has one (an error if none
-has it); `--set file.key=value` (e.g. `sft.max_steps=5`, `distill.kd.steps=10`) overrides one file's key.
+has it); `--set file.key=value` (e.g. `sft.max_steps=5`, `distill.conversion.kd.steps=10`) overrides one file's key.
 
 Stages, in order, each recorded in OUT/stages.json when finished (with its wall time):
-  distill                convert -> select -> align/KD schedule (distill.schedule.run_distill): OUT/distill/final
+  distill                convert -> select -> align/KD schedule (distill.conversion.schedule.run_distill): OUT/distill/final
   sft-teacher, sft-hybrid   the same SFT budget for the teacher (the fair baseline) and the hybrid
   rl-teacher, rl-hybrid     the same GRPO budget, from each SFT checkpoint
   eval                   held-out task accuracy of both models at every stage (base, SFT, RL)
@@ -33,7 +33,7 @@ STAGES = ("distill", "sft-teacher", "sft-hybrid", "rl-teacher", "rl-hybrid", "ev
 
 @dataclass
 class BenchRecipe:
-    tasks: str = "synthetic:test:levels=1"  # held-out problems (distill.tasks.load_tasks spec)
+    tasks: str = "synthetic:test:levels=1"  # held-out problems (distill.evaluation.tasks.load_tasks spec)
     n: int = 100
     samples: int = 4
     max_new_tokens: int = 64
@@ -59,8 +59,8 @@ class PipelineRecipe:
 
 
 def load_pipeline(folder: str, profile: str | None = None, overrides=()) -> PipelineRecipe:
-    from .rl import RLArgs
-    from .sft import SFTArgs
+    from .posttrain.rl import RLArgs
+    from .posttrain.sft import SFTArgs
     if not os.path.isdir(folder):
         raise ValueError(f"recipe folder {folder!r} does not exist")
     files = {"distill": DistillRecipe, "sft": SFTArgs, "rl": RLArgs, "bench": BenchRecipe}
@@ -110,8 +110,8 @@ class Stages:
 
 def _evaluate(spec: str, bench: BenchRecipe, out: str) -> dict:
     """Held-out accuracy of one checkpoint (cached in out/eval.json, so a resumed run does not redo it)."""
-    from .evaluate import run_accuracy
-    from .tasks import load_tasks
+    from .evaluation.evaluate import run_accuracy
+    from .evaluation.tasks import load_tasks
     path = os.path.join(out, "eval.json")
     if os.path.isfile(path):
         return json.load(open(path))
@@ -170,7 +170,7 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
         t0 = time.perf_counter()
         extra = {}
         if stage == "distill":
-            from .schedule import run_distill
+            from .conversion.schedule import run_distill
             folder = os.path.join(out, "distill")
             run_distill(recipe.distill, folder, resume=os.path.isfile(os.path.join(folder, "progress.json")),
                         stop_after=stop_after[1] if stop_after and stop_after[0] == "distill" else None,
@@ -183,10 +183,10 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
                 cfg = copy.deepcopy(cfg)
                 cfg.model, cfg.out = start, os.path.join(out, stage)
                 if kind == "sft":
-                    from .sft import run_sft
+                    from .posttrain.sft import run_sft
                     run_sft(cfg, resume=True)
                 else:
-                    from .rl import run_rl
+                    from .posttrain.rl import run_rl
                     run_rl(cfg, resume=True)
         elif not state.is_main_process:
             pass  # eval, bench and report run on rank 0 alone (one set of numbers, no two writers)
@@ -196,9 +196,9 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
                     r = _evaluate(spec, recipe.bench, os.path.join(out, "eval", f"{who_}-{step}"))
                     extra[f"{who_}-{step}"] = {k: r[k] for k in r if k.startswith(("pass@", "maj@"))}
         elif stage == "bench":
-            from .bench import run_throughput
-            from .evaluate import run_time_budget
-            from .tasks import load_tasks
+            from .evaluation.bench import run_throughput
+            from .evaluation.evaluate import run_time_budget
+            from .evaluation.tasks import load_tasks
             b = recipe.bench
             final = {who_: list(ckpts.values())[-1] for who_, ckpts in models.items()}
             run_throughput([final["teacher"], final["hybrid"]], b.batch, b.prompt_len, b.gen_len, b.context,
@@ -231,8 +231,8 @@ def _fmt(x, nd=3):
 
 def write_report(recipe: PipelineRecipe, out: str, done: dict, models: dict) -> None:
     """OUT/report.md and report.json from the stages' outputs."""
-    from .bench import ratio_table
-    from .schedule import summary_table
+    from .evaluation.bench import ratio_table
+    from .conversion.schedule import summary_table
     lines = [f"# {os.path.basename(os.path.abspath(recipe.folder))}: teacher vs hybrid", "",
              f"teacher `{recipe.distill.teacher}`; hybrid `{os.path.join(out, 'distill', 'final')}` "
              f"({recipe.distill.mixer}, attention kept: schedule {recipe.distill.schedule})", ""]
@@ -319,7 +319,7 @@ def validate_recipe(folder: str) -> None:
         raise ValueError(f"{cfg_path}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
     if not cfg.get("head_dim") and cfg["hidden_size"] % heads:
         raise ValueError(f"{cfg_path}: hidden_size {cfg['hidden_size']} is not a multiple of {heads} heads")
-    from .losses import LOSSES
+    from .conversion.losses import LOSSES
     for r in recipes:
         d = r.distill
         for loss in d.kd.loss:
@@ -333,7 +333,7 @@ def validate_recipe(folder: str) -> None:
             if bad:
                 raise ValueError(f"{where}: select.params.layers={layers}: {bad} out of range for the teacher's "
                                  f"{n} layers")
-        kept = round(min(d.schedule) * n)  # as distill.select.kept_layers counts
+        kept = round(min(d.schedule) * n)  # as distill.conversion.select.kept_layers counts
         if layers is not None and len(layers) != kept:
             raise ValueError(f"{where}: select.params.layers has {len(layers)} layers but schedule {d.schedule} "
                              f"keeps {kept} of {n}")

@@ -202,11 +202,11 @@ def load_pretrained(spec: str, dtype=None, device=None, tokenizer: bool = True):
     if os.path.isdir(path) and is_released_dir(path):
         model, _ = load_released(path, dtype)
         if tokenizer:
-            tok = _tokenizer_or_none(path)
+            tok = tokenizer_or_none(path)
     elif os.path.isdir(path) and is_hybrid_dir(path):
         model = load_hybrid(path, dtype)
         if tokenizer:
-            tok = _tokenizer_or_none(path)
+            tok = tokenizer_or_none(path)
     elif not os.path.exists(path) and _hub_has_mamba_config(path):
         from huggingface_hub import snapshot_download
         return load_pretrained(snapshot_download(path), dtype, device, tokenizer)
@@ -215,7 +215,7 @@ def load_pretrained(spec: str, dtype=None, device=None, tokenizer: bool = True):
             raise ValueError(f"{path!r} is neither a model directory (no config.json) nor a .gguf file")
         model = load_plain(path, dtype)
         if tokenizer:
-            tok = _tokenizer_or_none(path) if os.path.isdir(path) else AutoTokenizer.from_pretrained(path)
+            tok = tokenizer_or_none(path) if os.path.isdir(path) else AutoTokenizer.from_pretrained(path)
     if device is not None:
         model = model.to(device)
     return model.eval(), tok
@@ -261,7 +261,8 @@ def _hub_has_mamba_config(repo: str) -> bool:
         return False
 
 
-def _tokenizer_or_none(path: str):
+def tokenizer_or_none(path: str):
+    """The tokenizer saved in `path`, or None (with a warning) where there is none."""
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:

@@ -200,7 +200,7 @@ def resolve_decode(model, decode: str, dev: torch.device) -> str:
     return decode
 
 
-def _candidates(logits: torch.Tensor, p: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_candidates(logits: torch.Tensor, p: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
     """The distribution a sampled token is drawn from, as (probs [b, k], token ids [b, k]): softmax(logits / T),
     cut to the top_k largest (ties with the k-th kept) and to the nucleus (tokens whose more probable predecessors
     hold at most top_p of the mass), renormalised by the draw. Probabilities in descending order.
@@ -236,11 +236,31 @@ def _draw(probs: torch.Tensor, ids: torch.Tensor, gen: torch.Generator | None) -
     return ids.gather(-1, at)[:, 0]
 
 
-def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
+def sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
     """[b, V] -> [b] next tokens."""
     if p.temperature == 0:
         return logits.argmax(-1)
-    return _draw(*_candidates(logits, p), gen)
+    return _draw(*sample_candidates(logits, p), gen)
+
+
+def reference_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The sampling distribution by its definition: softmax(logits / T) over the top_k logits, then the nucleus
+    (tokens with at most top_p of the mass before them) from a full sort, renormalised. [b, V] -> [b, V]."""
+    z = logits.float() / p.temperature
+    if p.top_k:
+        z = z.masked_fill(z < torch.topk(z, min(p.top_k, z.shape[-1]), dim=-1).values[:, -1:], float("-inf"))
+    probs = torch.softmax(z, -1)
+    if p.top_p < 1.0:
+        sp, si = torch.sort(probs, descending=True, dim=-1)
+        sp = sp.masked_fill(sp.cumsum(-1) - sp > p.top_p, 0)
+        probs = torch.zeros_like(probs).scatter(-1, si, sp)
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def reference_sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
+    """`reference_probs` drawn by torch.multinomial (the engine's sampler before its top-k nucleus and inverse-CDF
+    draw). [b, V] -> [b]."""
+    return torch.multinomial(reference_probs(logits, p), 1, generator=gen)[:, 0]
 
 
 @dataclass
@@ -346,7 +366,7 @@ def _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clo
                               "decoding eagerly on the full-buffer cache", stacklevel=2)
             step, mode = StaticDecodeStep(model, cache, mask[:, :L], total, graph=False), "static"
     for t in range(params.max_new_tokens):
-        nxt = _sample(logits, params, gen)
+        nxt = sample(logits, params, gen)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         out[:, t] = nxt
         was_done = done.clone()
@@ -407,9 +427,10 @@ def generate_like_hf(model, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
     max_new = get("max_new_tokens")
     if max_new is None:
         max_new = (gc.max_length or 20) - input_ids.shape[1]
-    sample = bool(get("do_sample"))
-    params = SamplingParams(max_new_tokens=max_new, temperature=(get("temperature") or 1.0) if sample else 0.0,
-                            top_k=(get("top_k") or 0) if sample else 0, top_p=(get("top_p") or 1.0) if sample else 1.0)
+    do_sample = bool(get("do_sample"))
+    params = SamplingParams(max_new_tokens=max_new, temperature=(get("temperature") or 1.0) if do_sample else 0.0,
+                            top_k=(get("top_k") or 0) if do_sample else 0,
+                            top_p=(get("top_p") or 1.0) if do_sample else 1.0)
     mask = kwargs.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(input_ids)

@@ -99,15 +99,16 @@ class HybridPreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: HybridConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        self._sync_teacher_attention()
+        self.sync_teacher_attention()
 
-    def _sync_teacher_attention(self):
-        # transformers sets the attention implementation on the top config only; the teacher's layers read theirs.
+    def sync_teacher_attention(self):
+        """Give the teacher's layers the model's attention implementation (transformers sets it on the top config
+        only, and the teacher's layers read their own); call it after changing layers by hand."""
         self.config.teacher_config._attn_implementation_internal = self.config._attn_implementation
 
     def set_attn_implementation(self, *args, **kwargs):
         super().set_attn_implementation(*args, **kwargs)
-        self._sync_teacher_attention()
+        self.sync_teacher_attention()
 
     def _init_weights(self, module):
         if isinstance(module, (Mamba2Mixer, MambaMixer)):

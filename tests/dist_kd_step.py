@@ -14,7 +14,7 @@ from helpers import tiny_teacher  # noqa: E402
 from test_training import tiny_rows  # noqa: E402
 
 from distill import hybridize  # noqa: E402
-from distill.kd import kd_loss_step, set_trainable  # noqa: E402
+from distill.conversion.kd import kd_loss_step, set_trainable  # noqa: E402
 from distill.train import Trainer, TrainArgs  # noqa: E402
 
 out, accum = sys.argv[1], int(sys.argv[2])

@@ -10,8 +10,12 @@ import time
 
 import pytest
 
-from distill import evaluate, rewards, tasks
-from distill.tasks import Problem, check_stats, extract_answer, is_correct, last_boxed
+from distill.evaluation import evaluate
+
+from distill.posttrain import rewards
+
+from distill.evaluation import tasks
+from distill.evaluation.tasks import Problem, check_stats, extract_answer, is_correct, last_boxed
 
 TOWER = r"\boxed{10^{10^{10}}}"
 
@@ -182,12 +186,12 @@ def _timing_out(monkeypatch):
 
 def test_correctness_reward_logs_how_many_checks_timed_out(monkeypatch, caplog):
     _timing_out(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="distill.rewards"):
+    with caplog.at_level(logging.WARNING, logger="distill.posttrain.rewards"):
         out = rewards.correctness(["p"] * 3, [r"\boxed{x}", r"\boxed{7}", r"\boxed{y}"], answer=["x", "7", "y"])
     assert out == [0.0, 1.0, 0.0]
     assert "2 of 3 answer checks ran past" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="distill.rewards"):
+    with caplog.at_level(logging.WARNING, logger="distill.posttrain.rewards"):
         rewards.correctness(["p"], [r"\boxed{7}"], answer=["7"])
     assert "ran past" not in caplog.text
 
@@ -205,7 +209,7 @@ def test_a_busy_checker_is_killed_at_exit(tmp_path):
     code = f"""
 import sys, threading, time
 sys.path.insert(0, {os.path.dirname(os.path.dirname(tasks.__file__))!r})
-from distill import tasks
+from distill.evaluation import tasks
 assert tasks.is_correct(r"\\boxed{{\\sqrt{{4}}}}", "2")
 tasks._SLEEP_FOR_TESTS = 60.0
 threading.Thread(target=tasks.is_correct, args=(r"\\boxed{{x}}", "x"), kwargs={{"timeout": 60}}, daemon=True).start()

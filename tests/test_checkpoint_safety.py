@@ -3,7 +3,7 @@
 - distill trainer (`distill/train.py`): every file of an interrupted run's checkpoints, one at a time, replaced by a
   pickle payload or truncated: resume falls back to the previous checkpoint (bit-identical to an uninterrupted
   run) or refuses with CheckpointError naming the file; the payload never runs.
-- TRL stages (`distill/trl_stage.py`): a kill while TRL writes checkpoint-N leaves a folder without
+- TRL stages (`distill/posttrain/trl_stage.py`): a kill while TRL writes checkpoint-N leaves a folder without
   trainer_state.json; resume sets it aside, continues from the previous one and ends on the uninterrupted weights.
 """
 import json
@@ -202,7 +202,7 @@ def test_older_pickle_checkpoints_resume_through_the_restricted_loader(runs, tmp
 
 # ---- TRL stages ----
 def _sft_args(root, out):
-    from distill.sft import SFTArgs
+    from distill.posttrain.sft import SFTArgs
     return SFTArgs(model=str(root / "h"), data="synthetic:train", n=8, out=str(root / out), max_steps=4,
                    batch_size=2, lr=1e-3, save_steps=2, max_length=128, logging_steps=1)
 
@@ -212,7 +212,7 @@ def test_sft_resume_skips_a_checkpoint_killed_mid_save(tmp_path, monkeypatch, ca
     trainer_state.json (as `kill -9` would leave it): resume sets it aside, continues from checkpoint-2 and ends on
     the uninterrupted run's weights."""
     from distill import hybridize
-    from distill.sft import HybridSFTTrainer, run_sft
+    from distill.posttrain.sft import HybridSFTTrainer, run_sft
     from hybrid import load_pretrained
     model = hybridize(tiny_teacher("llama", num_layers=2), [1], chunk_size=16)
     model.save_pretrained(tmp_path / "h")
@@ -241,7 +241,7 @@ def test_sft_resume_skips_a_checkpoint_killed_mid_save(tmp_path, monkeypatch, ca
         return real_train(self, resume_from_checkpoint=resume_from_checkpoint, **kw)
 
     monkeypatch.setattr(HybridSFTTrainer, "train", train)
-    with caplog.at_level(logging.WARNING, logger="distill.trl_stage"):
+    with caplog.at_level(logging.WARNING, logger="distill.posttrain.trl_stage"):
         resumed = load_pretrained(run_sft(_sft_args(tmp_path, "b"), resume=True))[0].state_dict()
     assert started_from == [str(tmp_path / "b" / "checkpoint-2")]
     assert f"skipping incomplete checkpoint {partial}" in caplog.text
@@ -257,7 +257,7 @@ def test_checkpoint_problem_names_what_is_missing_or_cut_short(tmp_path):
     """A complete TRL-like checkpoint passes; each way of cutting it short is named."""
     from safetensors.torch import save_file
 
-    from distill.trl_stage import checkpoint_problem, resume_checkpoint
+    from distill.posttrain.trl_stage import checkpoint_problem, resume_checkpoint
 
     def make(step):
         d = tmp_path / f"checkpoint-{step}"

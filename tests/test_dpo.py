@@ -6,7 +6,7 @@ import torch
 from helpers import tiny_teacher, tiny_tokenizer
 
 from distill import hybridize
-from distill.dpo import DPOArgs, make_trainer, preference_rows
+from distill.posttrain.dpo import DPOArgs, make_trainer, preference_rows
 
 
 def test_one_dpo_step_on_a_hybrid(tmp_path, monkeypatch):

@@ -7,9 +7,9 @@ from helpers import assert_close, no_host_reads, tiny_teacher, tiny_tokenizer
 from transformers import GenerationMixin
 
 from distill import hybridize
-from distill.evaluate import (majority_answer, majority_correct, paired_compare, pass_at_k, score,
+from distill.evaluation.evaluate import (majority_answer, majority_correct, paired_compare, pass_at_k, score,
                               time_budget_curves)
-from distill.tasks import Problem, is_correct, load_gsm8k, load_math, synthetic_math
+from distill.evaluation.tasks import Problem, is_correct, load_gsm8k, load_math, synthetic_math
 from hybrid.generation import SamplingParams, generate
 
 TRICKY = [  # (completion, gold, correct?)
@@ -265,7 +265,7 @@ def test_generation_config_with_sampling_settings_only_runs_on_the_engine(monkey
 def test_bench_throughput_runs_each_kernel_setting_in_the_requested_dtype(tmp_path):
     import json
 
-    from distill.bench import run_throughput
+    from distill.evaluation.bench import run_throughput
     folder = tmp_path / "h"
     hybridize(tiny_teacher("llama"), [1, 3], chunk_size=16).save_pretrained(folder)
     run_throughput([str(folder)], [2], 8, 4, [32], str(tmp_path / "bench"), hf_baseline=False, context_steps=2,
@@ -286,7 +286,7 @@ def test_bench_throughput_runs_each_kernel_setting_in_the_requested_dtype(tmp_pa
 def test_bench_throughput_runs_the_teacher_with_packed_and_plain_linears(tmp_path):
     import json
 
-    from distill.bench import ratio_table, run_throughput
+    from distill.evaluation.bench import ratio_table, run_throughput
     from hybrid.prepack import _op_works
     folder = tmp_path / "t"
     tiny_teacher("llama").save_pretrained(folder)
@@ -375,7 +375,7 @@ def test_decode_mode_choice_and_refusals():
 
 
 def test_bench_correctness_gate_passes_equal_and_near_tied_tokens_only(monkeypatch):
-    import distill.bench as bench
+    import distill.evaluation.bench as bench
     model = tiny_teacher("llama").eval()
     assert bench.correctness_gate(model, None) == (True, "identical")
     prompt = bench._prompts(1, 16, model.config.vocab_size, 123)[0]
@@ -402,7 +402,7 @@ def test_bench_correctness_gate_passes_equal_and_near_tied_tokens_only(monkeypat
 
 
 def test_bench_interleaved_context_rows_time_every_model_in_turn(tmp_path, monkeypatch):
-    import distill.bench as bench
+    import distill.evaluation.bench as bench
     t, h = tmp_path / "t", tmp_path / "h"
     teacher = tiny_teacher("llama")
     teacher.save_pretrained(t)

@@ -7,12 +7,12 @@ import torch
 from helpers import tiny_teacher, tiny_tokenizer
 
 from distill import hybridize
-from distill.corpus import read_prompts
+from distill.conversion.corpus import read_prompts
 from distill.data import DataSpec, build_rows, encode_record, read_records
-from distill.dpo import preference_rows
+from distill.posttrain.dpo import preference_rows
 from distill.recipe import DistillRecipe, from_dict, load_recipe
-from distill.rl import RLArgs, rl_rows
-from distill.sft import SFTArgs, rows_from
+from distill.posttrain.rl import RLArgs, rl_rows
+from distill.posttrain.sft import SFTArgs, rows_from
 from hybrid.generation import SamplingParams, generate
 
 

@@ -63,7 +63,7 @@ def test_lm_eval_runs_our_hybrid_on_a_local_task(tmp_path, capsys):
     acc = sum(max(range(len(s)), key=s.__getitem__) == y for s, (_, _, y) in zip(ours, QUESTIONS)) / len(QUESTIONS)
     assert res["acc,none"] == pytest.approx(acc)
     assert "tiny_mc" in capsys.readouterr().out
-    from distill.lm_eval_bridge import run_lm_eval
+    from distill.evaluation.lm_eval_bridge import run_lm_eval
     _, samples = run_lm_eval(model, tok, ["tiny_mc"], include_path=_task(tmp_path / "again"), samples=True)
     theirs = {s["doc"]["question"]: [r[0][0] for r in s["resps"]] for s in samples["tiny_mc"]}
     for (q, _, _), mine in zip(QUESTIONS, ours):  # every choice's log-likelihood, not only the accuracy
@@ -71,7 +71,7 @@ def test_lm_eval_runs_our_hybrid_on_a_local_task(tmp_path, capsys):
 
 
 def test_lm_eval_unknown_task_is_named(tmp_path):
-    from distill.lm_eval_bridge import run_lm_eval
+    from distill.evaluation.lm_eval_bridge import run_lm_eval
     model = hybridize(tiny_teacher("llama"), [1]).eval()
     with pytest.raises(ValueError, match="no_such_task"):
         run_lm_eval(model, tiny_tokenizer(), ["no_such_task"], include_path=_task(tmp_path))

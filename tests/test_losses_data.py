@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from helpers import tiny_teacher, tiny_tokenizer
 
 from distill.data import DataSpec, build_rows, encode_record, model_inputs, pack, split_rows
-from distill.losses import (LOSSES, alignment_l2, combined_loss, cross_entropy, forward_kl, get_loss, mixed_kl,
+from distill.conversion.losses import (LOSSES, alignment_l2, combined_loss, cross_entropy, forward_kl, get_loss, mixed_kl,
                             reverse_kl)
 
 
@@ -134,7 +134,7 @@ def test_parquet_and_arrow_sources_read_like_jsonl(tmp_path):
 
 
 def test_corpus_resumes_to_the_same_file(tmp_path):
-    from distill.corpus import build_corpus
+    from distill.conversion.corpus import build_corpus
     teacher, tok = tiny_teacher("llama"), tiny_tokenizer()
     prompts = [f"q{i}" for i in range(10)]
     kw = dict(max_new_tokens=5, batch_size=4, temperature=1.0, top_p=1.0, seed=7)

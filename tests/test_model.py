@@ -4,7 +4,7 @@ import torch
 from helpers import FAMILIES, assert_close, tiny_teacher
 
 from distill import hybridize
-from distill.select import uniform_attention_layers
+from distill.conversion.select import uniform_attention_layers
 from hybrid.cache import HybridCache
 
 

@@ -1,7 +1,7 @@
 """Reward functions on tricky completions, the registry, and bad rows."""
 import pytest
 
-from distill.rewards import REWARDS, check_rows, format_reward, get_rewards, length_penalty
+from distill.posttrain.rewards import REWARDS, check_rows, format_reward, get_rewards, length_penalty
 
 CORRECTNESS = [  # (completion, gold, reward)
     (r"<think>6*7</think> \boxed{42}", "42", 1.0),

@@ -4,8 +4,8 @@ import torch
 from helpers import tiny_teacher, tiny_tokenizer
 
 from distill import hybridize
-from distill.rewards import REWARDS, _text
-from distill.rl import RLArgs, make_trainer, rl_rows
+from distill.posttrain.rewards import REWARDS, _text
+from distill.posttrain.rl import RLArgs, make_trainer, rl_rows
 
 ROWS = [{"prompt": [{"role": "user", "content": "1+1"}], "answer": "2"},
         {"prompt": [{"role": "user", "content": "2+3"}], "answer": "5"}]
@@ -84,7 +84,7 @@ def test_bad_rl_input():
         RLArgs(loss_type="ppo")
     rows = rl_rows("synthetic:train:levels=1", n=3)
     assert len(rows) == 3 and all(r["answer"] for r in rows)
-    from distill.rewards import check_rows
+    from distill.posttrain.rewards import check_rows
     with pytest.raises(ValueError, match="row 1 has no 'answer' field"):
         check_rows([ROWS[0], {"prompt": "x"}])
 

@@ -138,7 +138,7 @@ def test_two_distill_runs_on_one_out_do_not_interleave(tmp_path, teacher_dir, ca
 # ---------------- resume keeps the recipe that ran ----------------
 def test_resume_with_a_changed_recipe_is_refused_unless_allowed_and_recorded(tmp_path, teacher_dir, capsys):
     from distill.recipe import load_recipe
-    from distill.schedule import run_distill
+    from distill.conversion.schedule import run_distill
     from distill.train import StopRequested
 
     recipe = distill_recipe(tmp_path, teacher_dir)
@@ -201,7 +201,7 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 
 def test_non_finite_loss_exits_3_naming_the_step_and_the_last_good_checkpoint(tmp_path, teacher_dir, capsys,
                                                                                 monkeypatch):
-    import distill.schedule as schedule
+    import distill.conversion.schedule as schedule
 
     real = schedule.kd_loss_step
     calls = {"n": 0}

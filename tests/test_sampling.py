@@ -4,12 +4,12 @@ import pytest
 import torch
 from helpers import assert_close
 
-import distill.bench as bench
-from hybrid.generation import SamplingParams, _candidates, _draw, _sample
+import distill.evaluation.bench as bench
+from hybrid.generation import SamplingParams, _draw, reference_probs, sample, sample_candidates
 
 
-def reference_probs(logits, temperature, top_k, top_p):
-    return bench.reference_probs(logits, SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)).double()
+def definition_probs(logits, temperature, top_k, top_p):
+    return reference_probs(logits, SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)).double()
 
 
 def dense(probs, ids, V):
@@ -24,8 +24,8 @@ def test_candidates_are_the_defined_distribution(scale, temperature, top_k, top_
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 3001, generator=g) * scale
     p = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
-    probs, ids = _candidates(logits, p)
-    assert_close(dense(probs, ids, 3001), reference_probs(logits, temperature, top_k, top_p), atol=1e-6, rtol=1e-4,
+    probs, ids = sample_candidates(logits, p)
+    assert_close(dense(probs, ids, 3001), definition_probs(logits, temperature, top_k, top_p), atol=1e-6, rtol=1e-4,
                  what=f"T={temperature} top_k={top_k} top_p={top_p} scale={scale}")
 
 
@@ -49,10 +49,10 @@ def test_sample_chi_square_on_a_real_sized_vocabulary():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(1, 49152, generator=g) * 4
     p = SamplingParams(temperature=0.7, top_p=0.9)
-    ref = reference_probs(logits, 0.7, 0, 0.9)[0]
+    ref = definition_probs(logits, 0.7, 0, 0.9)[0]
     support = (ref > 0).nonzero()[:, 0]
     n = 4000
-    draws = torch.cat([_sample(logits.expand(200, -1), p, g) for _ in range(n // 200)])
+    draws = torch.cat([sample(logits.expand(200, -1), p, g) for _ in range(n // 200)])
     assert bool(torch.isin(draws, support).all())  # nothing outside the nucleus
     top = support[ref[support].argsort(descending=True)[:5]]  # the five likeliest tokens: frequencies match
     freq = torch.stack([(draws == t).double().mean() for t in top])

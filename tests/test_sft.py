@@ -6,7 +6,7 @@ import torch
 from helpers import tiny_teacher, tiny_tokenizer
 
 from distill import hybridize
-from distill.sft import SFTArgs, make_trainer, reverse_kl, rows_from, run_sft
+from distill.posttrain.sft import SFTArgs, make_trainer, reverse_kl, rows_from, run_sft
 
 ROWS = [{"prompt": [{"role": "user", "content": "ab"}], "completion": [{"role": "assistant", "content": "cdef"}]},
         {"prompt": [{"role": "user", "content": "xyz12"}], "completion": [{"role": "assistant", "content": "42"}]},
@@ -108,7 +108,7 @@ def test_sft_and_rl_cli_from_yaml(tmp_path, capsys):
 
     from distill.cli import main
     from distill.recipe import load_recipe
-    from distill.rl import RLArgs
+    from distill.posttrain.rl import RLArgs
     for path in glob.glob("recipes/*/sft.yaml"):
         for profile in [None, *load_recipe(path, cls=SFTArgs).profiles]:
             load_recipe(path, cls=SFTArgs, profile=profile)

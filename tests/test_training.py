@@ -9,11 +9,11 @@ import torch
 from helpers import tiny_teacher, tiny_tokenizer
 
 from distill import hybridize
-from distill.align import MixerStack, align_loss_step, count_all_tokens
+from distill.conversion.align import MixerStack, align_loss_step, count_all_tokens
 from distill.data import pack, synthetic_prompts
-from distill.kd import kd_loss_step, set_trainable
+from distill.conversion.kd import kd_loss_step, set_trainable
 from distill.recipe import DistillRecipe, from_dict, load_recipe
-from distill.select import STRATEGIES, SelectContext, get_strategy, kept_layers, select
+from distill.conversion.select import STRATEGIES, SelectContext, get_strategy, kept_layers, select
 from distill.train import NonFiniteLoss, StopRequested, Trainer, TrainArgs
 
 HERE = os.path.dirname(__file__)
@@ -176,7 +176,7 @@ def test_recipe_errors_name_file_key_and_value(tmp_path):
 
 
 def test_distill_pipeline_runs_and_resumes(tmp_path):
-    from distill.schedule import run_distill
+    from distill.conversion.schedule import run_distill
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "completion": p[::-1]}) + "\n" for p in synthetic_prompts(60)))
     recipe = from_dict(DistillRecipe, {

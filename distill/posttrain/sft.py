@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from .data import MESSAGES, is_empty, read_records, record_value, report_skipped, require_file
+from ..data import MESSAGES, is_empty, read_records, record_value, report_skipped, require_file
 from .trl_stage import load_with_tokenizer, train_and_save
 
 
 @dataclass
 class SFTArgs:
     model: str = "smollm2-135m"  # any load_pretrained spec
-    data: str = "synthetic:train"  # a tasks spec (distill.tasks.load_tasks) or a .jsonl of chat rows
+    data: str = "synthetic:train"  # a tasks spec (distill.evaluation.tasks.load_tasks) or a .jsonl of chat rows
     n: int | None = 512  # rows drawn from a tasks spec
     out: str = "runs/sft"
     max_steps: int = 100
@@ -60,7 +60,7 @@ def rows_from(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
     them (file and line on bad JSON, file, row, field and type on a wrong type); rows whose completion is empty are
     skipped and counted.
     """
-    from .tasks import load_tasks, prompt_of
+    from ..evaluation.tasks import load_tasks, prompt_of
     require_file(data, "an existing .jsonl of chat rows, or a tasks spec such as synthetic:train")
     if not os.path.isfile(data) or not data.endswith(".jsonl"):
         return [{"prompt": [{"role": "user", "content": prompt_of(p)}],

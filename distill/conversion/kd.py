@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import model_inputs
+from ..data import model_inputs
 from .losses import combined_loss
 
 TRAINABLE = ("mixers", "mixers+mlp", "all")

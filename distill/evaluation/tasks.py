@@ -51,7 +51,7 @@ import threading
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
-from .data import looks_like_path, read_jsonl, require_file
+from ..data import looks_like_path, read_jsonl, require_file
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .data import model_inputs
+from ..data import model_inputs
 from .losses import cross_entropy, forward_kl
 
 

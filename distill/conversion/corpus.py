@@ -15,7 +15,7 @@ import os
 import torch
 from tqdm.auto import tqdm
 
-from .data import is_empty, read_jsonl, record_value, report_skipped, require_file, synthetic_prompts
+from ..data import is_empty, read_jsonl, record_value, report_skipped, require_file, synthetic_prompts
 
 
 def read_prompts(spec) -> list[str]:

@@ -7,7 +7,7 @@ Majority vote over k samples: answers are grouped by mathematical equivalence (m
 missing answers do not vote, the largest group wins, and a tie goes to the group whose first sample came first
 (deterministic). No valid answer at all counts as wrong.
 
-Answer checks are bounded in time (distill.tasks.is_correct): one that runs past the limit counts as wrong, and
+Answer checks are bounded in time (distill.evaluation.tasks.is_correct): one that runs past the limit counts as wrong, and
 `score` reports how many did (`check_timeouts`, written to eval.json), so a low score from a stalled checker shows.
 
 Time budget ("Thinking Slow, Fast"): a model that needs s seconds per sample (measured at its best batch size)

@@ -6,8 +6,8 @@ gold answers. Completions may be strings or conversational ([{"role": "assistant
 
 Registered names (`REWARDS`, `get_rewards`):
 - correctness: 1.0 if the final answer (last \\boxed{}, else last number) equals the gold answer under
-  math-verify (distill.tasks.is_correct), else 0.0; never raises. Each answer is judged within
-  distill.tasks.answer_timeout() seconds (HYBRID_ANSWER_TIMEOUT, 1 s): one that runs past it scores 0.0, and a
+  math-verify (distill.evaluation.tasks.is_correct), else 0.0; never raises. Each answer is judged within
+  distill.evaluation.tasks.answer_timeout() seconds (HYBRID_ANSWER_TIMEOUT, 1 s): one that runs past it scores 0.0, and a
   call with such timeouts logs a warning with their count.
 - format: 1.0 if the completion closes its reasoning (`</think>`) and then gives exactly one \\boxed{} answer
   after it, else 0.0.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from .tasks import BOXED, answer_timeout, check_stats, is_correct
+from ..evaluation.tasks import BOXED, answer_timeout, check_stats, is_correct
 
 log = logging.getLogger(__name__)
 

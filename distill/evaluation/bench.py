@@ -39,8 +39,8 @@ def load_spec(spec: str, need_tokenizer: bool = False, dtype=None):
     if opt:
         if not opt.startswith("attn="):
             raise ValueError(f"model spec {spec!r}: the only option is @attn=<ratio>")
-        from .init import hybridize
-        from .select import uniform_attention_layers
+        from ..conversion.transfer import hybridize
+        from ..conversion.select import uniform_attention_layers
         ratio = float(opt[len("attn="):])
         n = model.config.num_hidden_layers
         model = hybridize(model, uniform_attention_layers(n, ratio)).eval()
@@ -491,39 +491,19 @@ def run_ops(batches=(1, 16, 64), reps: int = 20, out_dir: str | None = None, sca
     return rows
 
 
-def reference_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    """The sampling distribution by its definition: softmax(logits / T) over the top_k logits, then the nucleus
-    (tokens with at most top_p of the mass before them) from a full sort, renormalised. [b, V] -> [b, V]."""
-    z = logits.float() / p.temperature
-    if p.top_k:
-        z = z.masked_fill(z < torch.topk(z, min(p.top_k, z.shape[-1]), dim=-1).values[:, -1:], float("-inf"))
-    probs = torch.softmax(z, -1)
-    if p.top_p < 1.0:
-        sp, si = torch.sort(probs, descending=True, dim=-1)
-        sp = sp.masked_fill(sp.cumsum(-1) - sp > p.top_p, 0)
-        probs = torch.zeros_like(probs).scatter(-1, si, sp)
-    return probs / probs.sum(-1, keepdim=True)
-
-
-def reference_sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
-    """`reference_probs` drawn by torch.multinomial (the engine's sampler before its top-k nucleus and inverse-CDF
-    draw). [b, V] -> [b]."""
-    return torch.multinomial(reference_probs(logits, p), 1, generator=gen)[:, 0]
-
-
 def run_sampler(batch: int = 16, vocab: int = 49152, reps: int = 20) -> list[dict]:
     """`hybrid-distill bench sampler`: the engine's sampler vs `reference_sample`, median ms per call, on random
     logits scaled to a peaked and a flat next-token distribution. Gate: both draw only tokens the other's
     distribution allows (the engine's candidates are tested against the definition in tests/test_sampling.py)."""
-    from hybrid.generation import _candidates, _sample
+    from hybrid.generation import reference_sample, sample, sample_candidates
     rows = []
     g = torch.Generator().manual_seed(0)
     for shape, scale in (("peaked", 4.0), ("flat", 0.5)):
         logits = torch.randn(batch, vocab, generator=g) * scale
         for p in (SamplingParams(temperature=0.7), SamplingParams(temperature=0.7, top_p=0.95)):
-            probs, ids = _candidates(logits, p)
+            probs, ids = sample_candidates(logits, p)
             allowed = torch.zeros(batch, vocab, dtype=torch.bool).scatter_(-1, ids, probs > 0)
-            ok = all(bool(allowed.gather(-1, f(logits, p, g)[:, None]).all()) for f in (_sample, reference_sample))
+            ok = all(bool(allowed.gather(-1, f(logits, p, g)[:, None]).all()) for f in (sample, reference_sample))
 
             def median(fn):
                 ts = []
@@ -536,7 +516,7 @@ def run_sampler(batch: int = 16, vocab: int = 49152, reps: int = 20) -> list[dic
                    "vocab": vocab, "gate": "pass" if ok else "FAIL"}
             if ok:
                 row["reference_ms"] = median(lambda: reference_sample(logits, p, g))
-                row["engine_ms"] = median(lambda: _sample(logits, p, g))
+                row["engine_ms"] = median(lambda: sample(logits, p, g))
                 row["speedup"] = row["reference_ms"] / row["engine_ms"]
             rows.append(row)
             print(json.dumps(row))

@@ -25,14 +25,14 @@ from hybrid.checkpoints import load_hybrid
 
 from .align import MixerStack, align_loss_step, alignment_errors, count_all_tokens
 from .corpus import build_corpus, read_prompts
-from .data import DataSpec, build_rows, split_rows
+from ..data import DataSpec, build_rows, split_rows
 from .heldout import HeldOut
-from .init import hybridize
+from .transfer import hybridize
 from .kd import kd_loss_step, set_trainable
-from .recipe import DistillRecipe, recipe_to_dict
-from .runfolder import record_recipe
+from ..recipe import DistillRecipe, recipe_to_dict
+from ..runfolder import record_recipe
 from .select import Selection, SelectContext, save_selection, select
-from .train import Trainer, TrainArgs, process_state
+from ..train import Trainer, TrainArgs, process_state
 
 
 def _train_args(stage_recipe) -> TrainArgs:

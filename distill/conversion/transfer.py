@@ -87,7 +87,7 @@ def hybridize(teacher: nn.Module, attn_layers, mixer: str = "mamba2", **mixer_se
     ref = next(teacher.parameters())
     student = HybridForCausalLM(config).to(device=ref.device, dtype=ref.dtype)
     student.config._attn_implementation_internal = teacher.config._attn_implementation
-    student._sync_teacher_attention()
+    student.sync_teacher_attention()
 
     # Everything the two share by name (embeddings, norms, MLPs, kept attention, existing mixers) is copied.
     src = teacher.state_dict()

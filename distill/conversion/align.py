@@ -16,7 +16,7 @@ from torch import nn
 
 from hybrid.modeling import packed_seq_idx
 
-from .data import model_inputs
+from ..data import model_inputs
 from .losses import alignment_l2
 
 

@@ -32,8 +32,8 @@ from hybrid.modeling import MIXER_CLASSES, MixerDecoderLayer, packed_seq_idx
 
 from .align import teacher_io
 from .heldout import HeldOut
-from .init import TRANSFERS, hybridize
-from .data import model_inputs
+from .transfer import TRANSFERS, hybridize
+from ..data import model_inputs
 from .losses import alignment_l2, combined_loss
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import DPOConfig, DPOTrainer
 
-from .data import MESSAGES, is_empty, read_records, record_value, report_skipped, require_file
+from ..data import MESSAGES, is_empty, read_records, record_value, report_skipped, require_file
 from .trl_stage import load_with_tokenizer, train_and_save
 
 
@@ -64,7 +64,7 @@ def _preference(r: dict, i: int, data: str) -> dict:
 def preference_rows(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
     """Rows of a .jsonl (checked as distill.data checks records; a row whose chosen or rejected answer is empty is
     skipped and counted), or synthetic preferences from a tasks spec."""
-    from .tasks import load_tasks, prompt_of
+    from ..evaluation.tasks import load_tasks, prompt_of
     require_file(data, "an existing .jsonl of prompt/chosen/rejected rows, or a tasks spec such as synthetic:train")
     if os.path.isfile(data) and data.endswith(".jsonl"):
         rows = [_preference(r, i, data) for i, r in enumerate(read_records(data))]

@@ -1,7 +1,7 @@
 """GRPO with verifiable rewards through TRL's GRPOTrainer, on a hybrid or a plain model.
 
 - Rewards come from the registry in distill/rewards.py (correctness, format, length_penalty[:N]) and read the
-  dataset's `answer` column; rows come from a tasks spec (distill.tasks) as chat prompts.
+  dataset's `answer` column; rows come from a tasks spec (distill.evaluation.tasks) as chat prompts.
 - Advantages are group-normalized (TRL: reward minus the group mean, over the group std); the ratio is clipped to
   [1 - epsilon, 1 + epsilon_high] (clip-higher when epsilon_high > epsilon); loss variants grpo, dr_grpo, dapo;
   KL coefficient beta (default 0, as M1).
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from .data import check_value, read_jsonl, require_file
+from ..data import check_value, read_jsonl, require_file
 from .rewards import check_rows, get_rewards
 from .trl_stage import load_with_tokenizer, train_and_save
 
@@ -83,7 +83,7 @@ def _check_task_file(data: str) -> None:
 
 def rl_rows(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
     """Chat prompts with gold answers from a tasks spec or a GSM8K/MATH jsonl."""
-    from .tasks import load_tasks, prompt_of
+    from ..evaluation.tasks import load_tasks, prompt_of
     require_file(data, "an existing GSM8K- or MATH-style .jsonl, or a tasks spec such as synthetic:train")
     if os.path.isfile(data):
         _check_task_file(data)

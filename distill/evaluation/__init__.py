@@ -1,0 +1,2 @@
+"""Evaluation: verifiable tasks and answer checking, pass@k / majority / time budget, the lm-eval bridge,
+benchmarks."""
