@@ -100,23 +100,17 @@ def cmd_generate(args) -> int:
 
     import torch
 
-    from hybrid import load_pretrained
     from hybrid.generation import SamplingParams, generate
 
-    model, tok = load_pretrained(args.model, dtype=args.dtype)
-    if tok is None:
-        raise ValueError(f"{args.model} has no tokenizer to encode the prompt with (save one beside the model)")
-    if tok.chat_template and not args.raw:
-        ids = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
-                                      return_dict=True)["input_ids"]
-    else:
-        ids = tok(args.prompt)["input_ids"]
+    from .data import prompt_ids
+    from .loading import load_model, pad_and_eos
+
+    model, tok, _ = load_model(args.model, need_tokenizer=True, dtype=args.dtype)
+    ids = prompt_ids(tok, args.prompt, chat=False if args.raw else None)
     torch.manual_seed(args.seed)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p if args.temperature > 0 else 1.0, seed=args.seed)
-    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
-        else tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
+    pad, eos = pad_and_eos(model, tok)
     tokens: list[int] = []
     shown = ""
 
@@ -248,13 +242,15 @@ def cmd_summary(args) -> int:
 
 
 def cmd_bench_throughput(args) -> int:
-    from .evaluation.bench import run_throughput
+    from .evaluation.throughput import ThroughputSettings, run_throughput
 
+    settings = ThroughputSettings(models=args.models, out=args.out, batch=args.batch, prompt_len=args.prompt_len,
+                                  gen_len=args.gen_len, context=args.context or [], context_batch=args.context_batch,
+                                  context_steps=args.context_steps, hf_baseline=not args.no_hf, kernels=args.kernels,
+                                  dtype=args.dtype, decode=args.decode, prepack=args.prepack,
+                                  interleave=args.interleave)
     with _claim(args, args.out, [m.split("@")[0] for m in args.models]):
-        run_throughput(args.models, args.batch, args.prompt_len, args.gen_len, args.context or [], args.out,
-                       hf_baseline=not args.no_hf, context_batch=args.context_batch,
-                       context_steps=args.context_steps, kernels=args.kernels, dtype=args.dtype, decode=args.decode,
-                       prepack=args.prepack, interleave=args.interleave)
+        run_throughput(settings)
     print(f"-> {args.out}/bench.json, bench.csv, bench.png")
     return 0
 
@@ -299,11 +295,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_lm_eval(args) -> int:
-    from .evaluation.bench import load_spec
     from .evaluation.lm_eval_bridge import run_lm_eval, save_results
+    from .loading import load_model
 
     with _claim(args, args.out, [args.model, args.include_path]):
-        model, tok, label = load_spec(args.model, need_tokenizer=True)
+        model, tok, label = load_model(args.model, need_tokenizer=True)
         results = run_lm_eval(model, tok, [t for t in args.tasks.split(",") if t], include_path=args.include_path,
                               limit=args.limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
                               apply_chat_template=args.chat, seed=args.seed)
@@ -340,20 +336,27 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench_sampler(args) -> int:
-    from .evaluation.bench import run_sampler
+    from .evaluation.sampler import run_sampler
 
     run_sampler(args.batch, args.vocab, args.reps)
     return 0
 
 
 def cmd_bench_ops(args) -> int:
-    from .evaluation.bench import run_ops
+    from .evaluation.kernels import run_ops
 
     if not args.out:
         run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch)
         return 0
     with _claim(args, args.out):
         run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch)
+    return 0
+
+
+def cmd_bench_linear(args) -> int:
+    from .evaluation.kernels import run_linears
+
+    run_linears(args.rows, args.reps)
     return 0
 
 
@@ -450,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--context-steps", type=_positive, default=8)
     bt.add_argument("--no-hf", action="store_true", help="skip the HF generate() baseline")
     bt.add_argument("--kernels", nargs="+", default=None, choices=["torch", "csrc", "mamba_ssm", "auto"],
-                    help="run every hybrid under each HYBRID_KERNELS setting, side by side")
+                    help="run every hybrid under each kernel backend (hybrid.ops.backends.use), side by side")
     bt.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="load every model in this dtype (default: as stored)")
     bt.add_argument("--decode", nargs="+", default=None, choices=["auto", "eager", "static", "graph"],
@@ -549,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
     bo.add_argument("--out", default=None)
     _out_flags(bo)
     bo.set_defaults(func=cmd_bench_ops)
+    bl = _add(bsub, "linear", help="F.linear against oneDNN-packed weights at SmolLM2-135M's shapes (hybrid.prepack)")
+    bl.add_argument("--rows", type=_positive, default=16, help="input rows (the decode batch)")
+    bl.add_argument("--reps", type=_positive, default=40)
+    bl.set_defaults(func=cmd_bench_linear)
 
     su = _add(sub, "summary", help="one table over finished distill runs")
     su.add_argument("runs", nargs="+")

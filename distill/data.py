@@ -210,7 +210,12 @@ def _fit(text: str, limit: int, encode) -> str:
     return text
 
 
-def _prompt_ids(tok, chat: bool, prompt: str) -> list[int]:
+def prompt_ids(tok, prompt: str, chat: bool | None = None) -> list[int]:
+    """Token ids of a single-turn prompt, ready for the model to answer: with a chat template (chat None: when the
+    tokenizer has one) the user turn followed by the generation prompt that opens the assistant's turn; without,
+    the plain encoding with the tokenizer's special tokens (a BOS where it adds one), as pretraining text began."""
+    if chat is None:
+        chat = bool(getattr(tok, "chat_template", None))
     if chat:
         return _chat_ids(tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
     return tok(prompt, add_special_tokens=True).input_ids
@@ -218,7 +223,7 @@ def _prompt_ids(tok, chat: bool, prompt: str) -> list[int]:
 
 def _pair_ids(tok, chat: bool, prompt: str, completion: str) -> tuple[list[int], list[int]]:
     """(prompt ids, prompt + completion ids); with a chat template, user and assistant turns."""
-    p_ids = _prompt_ids(tok, chat, prompt)
+    p_ids = prompt_ids(tok, prompt, chat)
     if chat:
         ids = _chat_ids(tok, [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
         if ids[:len(p_ids)] == p_ids:
@@ -238,7 +243,7 @@ def _encode_pair(tok, chat: bool, prompt: str, completion: str, seq_len: int | N
     p_ids, ids = _pair_ids(tok, chat, prompt, completion)
     limit = max(seq_len - (len(ids) - len(p_ids)), seq_len // 2)
     if len(ids) > seq_len and len(p_ids) > limit:
-        prompt = _fit(prompt, limit, lambda t: _prompt_ids(tok, chat, t))
+        prompt = _fit(prompt, limit, lambda t: prompt_ids(tok, t, chat))
         p_ids, ids = _pair_ids(tok, chat, prompt, completion)
     return ids[:seq_len], min(len(p_ids), seq_len)
 

@@ -5,7 +5,8 @@ A recipe is a folder with one YAML per stage: distill.yaml (required; distill.re
 skips its stages. `--profile NAME` applies the profile of that name in every file that has one (an error if none
 has it); `--set file.key=value` (e.g. `sft.max_steps=5`, `distill.conversion.kd.steps=10`) overrides one file's key.
 
-Stages, in order, each recorded in OUT/stages.json when finished (with its wall time):
+Stages, in order (PIPELINE below: one entry each), each recorded in OUT/stages.json when finished (with its wall
+time):
   distill                convert -> select -> align/KD schedule (distill.conversion.schedule.run_distill): OUT/distill/final
   sft-teacher, sft-hybrid   the same SFT budget for the teacher (the fair baseline) and the hybrid
   rl-teacher, rl-hybrid     the same GRPO budget, from each SFT checkpoint
@@ -18,6 +19,7 @@ the TRL stages checkpoint every save interval), so Ctrl-C loses at most one chec
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import time
@@ -25,11 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
-from .recipe import DistillRecipe, load_recipe
-from .runfolder import record_recipe
-
-STAGES = ("distill", "sft-teacher", "sft-hybrid", "rl-teacher", "rl-hybrid", "eval", "bench", "report")
-
+from .recipe import DistillRecipe, load_recipe, validate_recipe
+from .runfolder import Record, record_recipe
 
 @dataclass
 class BenchRecipe:
@@ -59,6 +58,8 @@ class PipelineRecipe:
 
 
 def load_pipeline(folder: str, profile: str | None = None, overrides=()) -> PipelineRecipe:
+    """Every stage file of a recipe folder, parsed strictly, with the profile and `--set` overrides applied; the
+    distill recipe is then checked against the teacher (recipe.validate_recipe), so a bad recipe fails at load."""
     from .posttrain.rl import RLArgs
     from .posttrain.sft import SFTArgs
     if not os.path.isdir(folder):
@@ -87,25 +88,9 @@ def load_pipeline(folder: str, profile: str | None = None, overrides=()) -> Pipe
         loaded[name] = load_recipe(path, cls=cls, profile=use, overrides=per_file[name])
     if not profile_found:
         raise ValueError(f"no file in {folder} has a profile {profile!r}")
+    validate_recipe(loaded["distill"], folder)
     return PipelineRecipe(folder, loaded["distill"], loaded.get("sft"), loaded.get("rl"),
                           loaded.get("bench", BenchRecipe()))
-
-
-class Stages:
-    """OUT/stages.json: finished stages with their wall seconds; written atomically after each stage."""
-
-    def __init__(self, out: str, write: bool = True):
-        self.path, self.write = os.path.join(out, "stages.json"), write
-        self.done = json.load(open(self.path)) if os.path.isfile(self.path) else {}
-
-    def finish(self, stage: str, seconds: float, **extra):
-        self.done[stage] = {"seconds": seconds, **extra}
-        if not self.write:
-            return
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.done, f, indent=1)
-        os.replace(tmp, self.path)
 
 
 def _evaluate(spec: str, bench: BenchRecipe, out: str) -> dict:
@@ -135,13 +120,118 @@ def prune_checkpoints(stage_dir: str) -> int:
     return removed
 
 
-def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_after: tuple | None = None,
-                 keep_checkpoints: bool = False, allow_changes: bool = False) -> dict:
-    """Run every stage not yet finished; returns report.json's content. stop_after=("distill", k) simulates an
-    interruption after k optimizer steps of the distill stage's first training phase (tests). Once a training
-    stage is recorded as finished its resume checkpoints are deleted unless keep_checkpoints."""
-    from .train import process_state
-    state = process_state()  # under `accelerate launch`: all ranks train; rank 0 evaluates and writes
+@dataclass
+class PipelineRun:
+    """What every stage of one pipeline run is given."""
+    recipe: PipelineRecipe
+    out: str
+    state: object  # accelerate's process state
+    models: dict  # {"teacher" | "hybrid": {"base" | "sft" | "rl": model spec}}: every model the run makes
+    done: dict  # stages.json's record so far (the report reads it)
+    stop_after: tuple | None = None
+    allow_changes: bool = False
+
+
+def _checkpoints(recipe: PipelineRecipe, out: str) -> dict:
+    """Every model the run makes, by role and step, in stage order: the teacher and the distilled hybrid, then the
+    final folder of each SFT / RL stage the recipe has a file for."""
+    models = {"teacher": {"base": recipe.distill.teacher}, "hybrid": {"base": os.path.join(out, "distill", "final")}}
+    for kind in ("sft", "rl"):
+        if getattr(recipe, kind) is not None:
+            for who, ckpts in models.items():
+                ckpts[kind] = os.path.join(out, f"{kind}-{who}", "final")
+    return models
+
+
+def _distill(run: PipelineRun) -> dict:
+    """convert -> select -> align/KD schedule into OUT/distill, resumed where its progress.json exists."""
+    from .conversion.schedule import run_distill
+    folder, stop = os.path.join(run.out, "distill"), run.stop_after
+    run_distill(run.recipe.distill, folder, resume=os.path.isfile(os.path.join(folder, "progress.json")),
+                stop_after=stop[1] if stop and stop[0] == "distill" else None, allow_changes=run.allow_changes)
+    return {}
+
+
+def _post_train(kind: str, who: str, run: PipelineRun) -> dict:
+    """sft-<who> / rl-<who>: the recipe's SFT or GRPO budget, the same for teacher and hybrid, from the model's
+    latest checkpoint (RL from the SFT model where there is one); skipped without sft.yaml / rl.yaml."""
+    cfg = getattr(run.recipe, kind)
+    if cfg is None:
+        return {"skipped": True}
+    ckpts = run.models[who]
+    cfg = copy.deepcopy(cfg)
+    cfg.model = ckpts["sft"] if kind == "rl" and "sft" in ckpts else ckpts["base"]
+    cfg.out = os.path.join(run.out, f"{kind}-{who}")
+    if kind == "sft":
+        from .posttrain.sft import run_sft
+        run_sft(cfg, resume=True)
+    else:
+        from .posttrain.rl import run_rl
+        run_rl(cfg, resume=True)
+    return {}
+
+
+def _eval(run: PipelineRun) -> dict:
+    """Held-out task accuracy of every model the run made; stages.json keeps the pass@ / maj@ numbers."""
+    extra = {}
+    for who, ckpts in run.models.items():
+        for step, spec in ckpts.items():
+            r = _evaluate(spec, run.recipe.bench, os.path.join(run.out, "eval", f"{who}-{step}"))
+            extra[f"{who}-{step}"] = {k: r[k] for k in r if k.startswith(("pass@", "maj@"))}
+    return extra
+
+
+def _bench(run: PipelineRun) -> dict:
+    """Throughput (one engine, side by side) and accuracy under wall-clock budgets of the final teacher and hybrid."""
+    from .evaluation.evaluate import run_time_budget
+    from .evaluation.tasks import load_tasks
+    from .evaluation.throughput import ThroughputSettings, run_throughput
+    recipe, out, models = run.recipe, run.out, run.models
+    b = recipe.bench
+    final = {who_: list(ckpts.values())[-1] for who_, ckpts in models.items()}
+    run_throughput(ThroughputSettings(
+        models=[final["teacher"], final["hybrid"]], out=os.path.join(out, "bench"), batch=b.batch,
+        prompt_len=b.prompt_len, gen_len=b.gen_len, context=b.context, hf_baseline=False))
+    problems = load_tasks(b.tasks, n=b.n, seed=b.seed)
+    run_time_budget([final["teacher"], final["hybrid"]], problems, b.samples, b.budgets,
+                    b.batch_candidates, os.path.join(out, "bench"),
+                    title=f"{b.tasks}, {len(problems)} problems", tasks=b.tasks,
+                    max_new_tokens=b.max_new_tokens, temperature=b.temperature, top_p=b.top_p, seed=b.seed)
+    return {}
+
+
+def _report(run: PipelineRun) -> dict:
+    write_report(run.recipe, run.out, run.done, run.models)
+    return {}
+
+
+def _rank0(stage):
+    """A stage that rank 0 runs alone (one set of numbers, no two writers); the other ranks record it empty."""
+    @functools.wraps(stage)
+    def on_rank0(run: PipelineRun) -> dict:
+        return stage(run) if run.state.is_main_process else {}
+    return on_rank0
+
+
+# The stages in order: (name, stage(run) -> what stages.json records beside the wall seconds). The name is also the
+# stage's folder under OUT; a new stage is one entry here.
+PIPELINE = [
+    ("distill", _distill),
+    ("sft-teacher", functools.partial(_post_train, "sft", "teacher")),
+    ("sft-hybrid", functools.partial(_post_train, "sft", "hybrid")),
+    ("rl-teacher", functools.partial(_post_train, "rl", "teacher")),
+    ("rl-hybrid", functools.partial(_post_train, "rl", "hybrid")),
+    ("eval", _rank0(_eval)),
+    ("bench", _rank0(_bench)),
+    ("report", _rank0(_report)),
+]
+STAGES = tuple(name for name, _ in PIPELINE)
+TRAINING = ("distill", "sft-teacher", "sft-hybrid", "rl-teacher", "rl-hybrid")  # resume checkpoints to prune
+
+
+def _open_stages(recipe: PipelineRecipe, out: str, resume: bool, allow_changes: bool, state) -> Record:
+    """OUT/stages.json, after refusing to start over a finished run and recording (or, resumed, checking) the
+    recipe."""
     if os.path.isfile(os.path.join(out, "stages.json")) and not resume:
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     state.wait_for_everyone()  # every rank has checked before rank 0 can write stages.json
@@ -149,71 +239,31 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
     if state.is_main_process:  # a resumed run with another recipe is refused unless allow_changes
         record_recipe(out, _recipe_record(recipe), resume=resume, allow_changes=allow_changes)
     state.wait_for_everyone()
-    stages = Stages(out, write=state.is_main_process)
-    teacher = recipe.distill.teacher
-    hybrid = os.path.join(out, "distill", "final")
-    models = {"teacher": {"base": teacher}, "hybrid": {"base": hybrid}}
-    todo = [s for s in STAGES if s not in stages.done]
+    return Record(os.path.join(out, "stages.json"), write=state.is_main_process)
+
+
+def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_after: tuple | None = None,
+                 keep_checkpoints: bool = False, allow_changes: bool = False) -> dict:
+    """Run every stage not yet finished; returns report.json's content. stop_after=("distill", k) simulates an
+    interruption after k optimizer steps of the distill stage's first training phase (tests). Once a training
+    stage is recorded as finished its resume checkpoints are deleted unless keep_checkpoints."""
+    from .train import process_state
+    state = process_state()  # under `accelerate launch`: all ranks train; rank 0 evaluates and writes
+    stages = _open_stages(recipe, out, resume, allow_changes, state)
+    run = PipelineRun(recipe, out, state, _checkpoints(recipe, out), stages.done, stop_after, allow_changes)
+    todo = [name for name in STAGES if name not in stages.done]
     bar = tqdm(total=len(STAGES), initial=len(STAGES) - len(todo), desc="pipeline", unit="stage",
                disable=not state.is_main_process)
-    for stage in STAGES:
-        who = stage.split("-", 1)[1] if "-" in stage else None
-        kind = stage.split("-")[0]
-        if kind in ("sft", "rl"):
-            cfg = getattr(recipe, kind)
-            if cfg is not None:
-                start = models[who]["sft"] if kind == "rl" and "sft" in models[who] else models[who]["base"]
-                models[who][kind] = os.path.join(out, stage, "final")
-        if stage in stages.done:
+    for name, stage in PIPELINE:
+        if name in stages.done:
             continue
-        bar.set_postfix_str(stage)
+        bar.set_postfix_str(name)
         t0 = time.perf_counter()
-        extra = {}
-        if stage == "distill":
-            from .conversion.schedule import run_distill
-            folder = os.path.join(out, "distill")
-            run_distill(recipe.distill, folder, resume=os.path.isfile(os.path.join(folder, "progress.json")),
-                        stop_after=stop_after[1] if stop_after and stop_after[0] == "distill" else None,
-                        allow_changes=allow_changes)
-        elif kind in ("sft", "rl"):
-            cfg = getattr(recipe, kind)
-            if cfg is None:
-                extra["skipped"] = True
-            else:
-                cfg = copy.deepcopy(cfg)
-                cfg.model, cfg.out = start, os.path.join(out, stage)
-                if kind == "sft":
-                    from .posttrain.sft import run_sft
-                    run_sft(cfg, resume=True)
-                else:
-                    from .posttrain.rl import run_rl
-                    run_rl(cfg, resume=True)
-        elif not state.is_main_process:
-            pass  # eval, bench and report run on rank 0 alone (one set of numbers, no two writers)
-        elif stage == "eval":
-            for who_, ckpts in models.items():
-                for step, spec in ckpts.items():
-                    r = _evaluate(spec, recipe.bench, os.path.join(out, "eval", f"{who_}-{step}"))
-                    extra[f"{who_}-{step}"] = {k: r[k] for k in r if k.startswith(("pass@", "maj@"))}
-        elif stage == "bench":
-            from .evaluation.bench import run_throughput
-            from .evaluation.evaluate import run_time_budget
-            from .evaluation.tasks import load_tasks
-            b = recipe.bench
-            final = {who_: list(ckpts.values())[-1] for who_, ckpts in models.items()}
-            run_throughput([final["teacher"], final["hybrid"]], b.batch, b.prompt_len, b.gen_len, b.context,
-                           os.path.join(out, "bench"), hf_baseline=False)
-            problems = load_tasks(b.tasks, n=b.n, seed=b.seed)
-            run_time_budget([final["teacher"], final["hybrid"]], problems, b.samples, b.budgets,
-                            b.batch_candidates, os.path.join(out, "bench"),
-                            title=f"{b.tasks}, {len(problems)} problems", tasks=b.tasks,
-                            max_new_tokens=b.max_new_tokens, temperature=b.temperature, top_p=b.top_p, seed=b.seed)
-        elif stage == "report":
-            write_report(recipe, out, stages.done, models)
+        extra = stage(run)
         state.wait_for_everyone()
-        stages.finish(stage, time.perf_counter() - t0, **extra)
-        if state.is_main_process and not keep_checkpoints and (stage == "distill" or kind in ("sft", "rl")):
-            prune_checkpoints(os.path.join(out, stage))
+        stages.finish(name, {"seconds": time.perf_counter() - t0, **extra})
+        if state.is_main_process and not keep_checkpoints and name in TRAINING:
+            prune_checkpoints(os.path.join(out, name))
         bar.update(1)
     bar.close()
     return json.load(open(os.path.join(out, "report.json")))
@@ -231,7 +281,7 @@ def _fmt(x, nd=3):
 
 def write_report(recipe: PipelineRecipe, out: str, done: dict, models: dict) -> None:
     """OUT/report.md and report.json from the stages' outputs."""
-    from .evaluation.bench import ratio_table
+    from .evaluation.throughput import ratio_table
     from .conversion.schedule import summary_table
     lines = [f"# {os.path.basename(os.path.abspath(recipe.folder))}: teacher vs hybrid", "",
              f"teacher `{recipe.distill.teacher}`; hybrid `{os.path.join(out, 'distill', 'final')}` "
@@ -291,49 +341,3 @@ def write_report(recipe: PipelineRecipe, out: str, done: dict, models: dict) -> 
     report["recipe_args"] = {"distill": asdict(recipe.distill), "bench": asdict(recipe.bench)}
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1, default=str)
-
-
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
-
-
-def validate_recipe(folder: str) -> None:
-    """Parse every stage file under every profile it has; with a committed teacher_config.json beside them, check
-    the layer indices and dims against the teacher. Errors name the file, the key and the value."""
-    import yaml
-    profiles = set()
-    for name in ("distill", "sft", "rl", "bench"):
-        path = os.path.join(folder, f"{name}.yaml")
-        if os.path.isfile(path):
-            profiles |= set((yaml.safe_load(open(path)) or {}).get("profiles") or {})
-    recipes = [load_pipeline(folder)] + [load_pipeline(folder, profile=p) for p in sorted(profiles)]
-    cfg_path = os.path.join(folder, "teacher_config.json")
-    if not os.path.isfile(cfg_path):
-        return
-    cfg = json.load(open(cfg_path))
-    where = os.path.join(folder, "distill.yaml")
-    if cfg.get("model_type") not in FAMILIES:
-        raise ValueError(f"{cfg_path}: model_type {cfg.get('model_type')!r} is not one of {FAMILIES}")
-    n, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads") or heads
-    if heads % kv:
-        raise ValueError(f"{cfg_path}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
-    if not cfg.get("head_dim") and cfg["hidden_size"] % heads:
-        raise ValueError(f"{cfg_path}: hidden_size {cfg['hidden_size']} is not a multiple of {heads} heads")
-    from .conversion.losses import LOSSES
-    for r in recipes:
-        d = r.distill
-        for loss in d.kd.loss:
-            if loss not in LOSSES:
-                raise ValueError(f"{where}: kd.loss has {loss!r}; registered losses: {sorted(LOSSES)}")
-        if d.chunk_size < 1 or d.chunk_size > 4096:
-            raise ValueError(f"{where}: chunk_size={d.chunk_size} must lie in [1, 4096]")
-        layers = d.select.params.get("layers")
-        if layers is not None:
-            bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n)]
-            if bad:
-                raise ValueError(f"{where}: select.params.layers={layers}: {bad} out of range for the teacher's "
-                                 f"{n} layers")
-        kept = round(min(d.schedule) * n)  # as distill.conversion.select.kept_layers counts
-        if layers is not None and len(layers) != kept:
-            raise ValueError(f"{where}: select.params.layers has {len(layers)} layers but schedule {d.schedule} "
-                             f"keeps {kept} of {n}")

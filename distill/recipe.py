@@ -4,11 +4,14 @@ An unknown key, a wrong type or an invalid value is a ValueError naming the file
 Floats may be written 3e-4: YAML 1.1 (PyYAML) reads an exponent without a dot as a string, so the loader resolves
 such scalars as floats, and a float field also takes a numeric string ("1E-5", "1e4"; never "abc", "nan" or "inf").
 A recipe may carry `profiles: {name: {dotted.key: value, ...}}`; choosing a profile applies its overrides,
-and `--set dotted.key=value` on the command line applies last.
+and `--set dotted.key=value` on the command line applies last. `validate_recipe` checks a recipe folder's distill
+recipe against the loss registry and the teacher's committed config (the pipeline calls it on every load).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -192,3 +195,52 @@ def yaml_value(raw: str):
 
 def recipe_to_dict(recipe) -> dict:
     return dataclasses.asdict(recipe)
+
+
+# ---------------- checks against the teacher ----------------
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def validate_recipe(recipe: DistillRecipe, folder: str) -> None:
+    """Check a recipe folder's distill recipe beyond its types: registered KD losses, a chunk size the scan
+    takes, and, with a committed teacher_config.json beside it, the teacher's family and dims and the selected
+    layers. A recipe that would fail hours into a run fails here, naming the file, the key and the value."""
+    where = os.path.join(folder, "distill.yaml")
+    from .conversion.losses import LOSSES
+    for loss in recipe.kd.loss:
+        if loss not in LOSSES:
+            raise ValueError(f"{where}: kd.loss has {loss!r}; registered losses: {sorted(LOSSES)}")
+    if recipe.chunk_size < 1 or recipe.chunk_size > 4096:
+        raise ValueError(f"{where}: chunk_size={recipe.chunk_size} must lie in [1, 4096]")
+    cfg_path = os.path.join(folder, "teacher_config.json")
+    if os.path.isfile(cfg_path):
+        _check_layers(recipe, where, _teacher_layers(cfg_path))
+
+
+def _teacher_layers(cfg_path: str) -> int:
+    """The number of layers of a supported teacher whose head dims divide as the transfer needs."""
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    if cfg.get("model_type") not in FAMILIES:
+        raise ValueError(f"{cfg_path}: model_type {cfg.get('model_type')!r} is not one of {FAMILIES}")
+    heads = cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads") or heads
+    if heads % kv:
+        raise ValueError(f"{cfg_path}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
+    if not cfg.get("head_dim") and cfg["hidden_size"] % heads:
+        raise ValueError(f"{cfg_path}: hidden_size {cfg['hidden_size']} is not a multiple of {heads} heads")
+    return cfg["num_hidden_layers"]
+
+
+def _check_layers(recipe: DistillRecipe, where: str, n: int) -> None:
+    """Listed layers exist in an n-layer teacher, and as many as the schedule's last keep ratio keeps."""
+    layers = recipe.select.params.get("layers")
+    if layers is None:
+        return
+    bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n)]
+    if bad:
+        raise ValueError(f"{where}: select.params.layers={layers}: {bad} out of range for the teacher's {n} layers")
+    kept = round(min(recipe.schedule) * n)  # as distill.conversion.select.kept_layers counts
+    if len(layers) != kept:
+        raise ValueError(f"{where}: select.params.layers has {len(layers)} layers but schedule {recipe.schedule} "
+                         f"keeps {kept} of {n}")

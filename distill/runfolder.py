@@ -12,6 +12,8 @@ time, and a record of the recipe that actually ran.
   the old settings while the record claimed the new ones), unless `allow_changes`, which appends the changes to
   `recipe_history.jsonl` (the changes and the whole recipe now in force) and leaves `recipe.yaml` as the recipe
   the run started with; a later resume compares against the newest history entry.
+- `Record(path)`: the finished steps of a run and what each measured (stages.json, progress.json), written
+  atomically after every step; a resumed run skips what it names.
 """
 from __future__ import annotations
 
@@ -244,3 +246,27 @@ def record_recipe(out: str, recipe: dict, resume: bool, allow_changes: bool = Fa
     with open(tmp, "w") as f:
         yaml.safe_dump(given, f, sort_keys=False)
     os.replace(tmp, path)
+
+
+# ---------------- the record of finished steps ----------------
+class Record:
+    """A JSON file of what a run has finished (the pipeline's stages.json, the schedule's progress.json): {name:
+    what that step measured}. It is rewritten whole, through a temporary file, after every step, so that an
+    interrupted run finds a complete record and resumes after the last step it names. Only the writer process
+    (`write=True`) touches the file; the others keep the same record in memory."""
+
+    def __init__(self, path: str, write: bool = True):
+        self.path, self.write = path, write
+        self.done: dict[str, dict] = {}
+        if os.path.isfile(path):
+            with open(path) as f:
+                self.done = json.load(f)
+
+    def finish(self, name: str, record: dict) -> None:
+        self.done[name] = record
+        if not self.write:
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.done, f, indent=1)
+        os.replace(tmp, self.path)

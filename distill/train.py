@@ -32,6 +32,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from .conversion.losses import target_mask
 from .data import RowLoader
 
 logger = logging.getLogger(__name__)
@@ -480,7 +481,8 @@ class Trainer:
 
 
 def count_targets(batch) -> int:
-    return int((batch["labels"][:, 1:] != -100).sum())
+    """The tokens a loss counts (losses.target_mask), so that the step's mean divides by exactly those."""
+    return int(target_mask(batch["labels"]).sum())
 
 
 class _null:

@@ -2,7 +2,7 @@
 
 PyTorch's dense CPU `F.linear` runs MKL's sgemm. At decode shapes (a batch of rows times a weight matrix) oneDNN
 with the weight reordered into its own blocked layout is faster; on this project's AMD EPYC machine (AVX-512, 2
-threads), one run of `python -m hybrid.prepack` (16 rows, float32, median of 40 calls):
+threads), one run of `hybrid-distill bench linear` (16 rows, float32, median of 40 calls):
 
     576 -> 576   (SmolLM2 attention q/o)   F.linear    96 us   packed    71 us   1.34x
     576 -> 1536  (SmolLM2 MLP up)          F.linear   257 us   packed   164 us   1.56x
@@ -10,7 +10,7 @@ threads), one run of `python -m hybrid.prepack` (16 rows, float32, median of 40 
     576 -> 49152 (vocabulary head)         F.linear  12.8 ms   packed   5.3 ms   2.41x
 
 MKL is known to take slower code paths on non-Intel CPUs; on Intel CPUs the margin may be smaller (not measured
-here: run the module to see).
+here: run the benchmark to see).
 Every nn.Linear on the CPU is packed on entry of `prepacked_linears` (so it uses the current weights: a GRPO
 rollout after an optimizer step packs the new ones) and restored on exit; nothing persists, nothing is written
 to the model's parameters. The packed op has no backward, so a call with gradients enabled takes `F.linear`.
@@ -29,15 +29,15 @@ from torch import nn
 _state: dict[str, bool] = {}
 
 
-def _op_works() -> bool:
+def op_works() -> bool:
     """Whether oneDNN's packed linear runs here (built with mkldnn, and a tiny call succeeds); checked once."""
     if "ok" not in _state:
         ok = torch.backends.mkldnn.is_available()
         if ok:
             try:
                 w = torch.randn(8, 4)
-                ok = torch.allclose(_packed(torch.ones(2, 4), w.to_mkldnn(), None), F.linear(torch.ones(2, 4), w),
-                                    atol=1e-5)
+                x = torch.ones(2, 4)
+                ok = torch.allclose(packed_linear(x, w.to_mkldnn(), None), F.linear(x, w), atol=1e-5)
             except Exception as e:  # noqa: BLE001 - any failure means "not here": the aten path always works
                 warnings.warn(f"oneDNN packed linear unavailable ({type(e).__name__}: {e}); using F.linear",
                               stacklevel=3)
@@ -46,8 +46,8 @@ def _op_works() -> bool:
     return _state["ok"]
 
 
-def _packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    # [..., in] x [out, in] (oneDNN layout) -> [..., out]
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear on a weight packed by `weight.to_mkldnn()`: [..., in] x [out, in] (oneDNN layout) -> [..., out]."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
@@ -62,7 +62,7 @@ def prepack_default(device: torch.device) -> bool:
     flag = os.environ.get("HYBRID_PREPACK", "1").strip()
     if flag not in ("0", "1"):
         raise ValueError(f"HYBRID_PREPACK={flag!r} must be 0 or 1")
-    return flag == "1" and torch.device(device).type == "cpu" and _op_works()
+    return flag == "1" and torch.device(device).type == "cpu" and op_works()
 
 
 def _packable(m: nn.Module) -> bool:
@@ -79,7 +79,7 @@ class _PackedForward:
         m = self.module
         if torch.is_grad_enabled() or x.dtype != m.weight.dtype or x.device.type != "cpu":
             return F.linear(x, m.weight, m.bias)
-        return _packed(x, self.packed, m.bias)
+        return packed_linear(x, self.packed, m.bias)
 
 
 def available_memory() -> int | None:
@@ -104,7 +104,7 @@ def prepacked_linears(model: nn.Module, enabled: bool | None = None):
     available, nothing is packed (one warning): a slower generation rather than an out-of-memory kill."""
     if enabled is None:
         enabled = prepack_default(next(model.parameters()).device)
-    mods = [m for m in model.modules() if _packable(m)] if enabled and _op_works() else []
+    mods = [m for m in model.modules() if _packable(m)] if enabled and op_works() else []
     need, avail = sum(m.weight.numel() * m.weight.element_size() for m in mods), available_memory()
     if mods and avail is not None and need > avail // 2:
         if "memory" not in _state:
@@ -120,32 +120,3 @@ def prepacked_linears(model: nn.Module, enabled: bool | None = None):
         for m in mods:
             vars(m).pop("forward", None)
 
-
-def _bench(rows: int = 16, reps: int = 40) -> None:
-    """The table in the module docstring: F.linear vs packed at SmolLM2-135M shapes, median of `reps` calls."""
-    import time
-
-    def median(fn):
-        for _ in range(5):
-            fn()
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return sorted(ts)[len(ts) // 2] * 1e6
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, oneDNN packed linear works: {_op_works()}")
-    for name, (n_in, n_out) in {"attention q/o": (576, 576), "attention k/v": (576, 192), "MLP up": (576, 1536),
-                                "MLP down": (1536, 576), "vocabulary head": (576, 49152)}.items():
-        w, x = torch.randn(n_out, n_in), torch.randn(rows, n_in)
-        packed = w.to_mkldnn()
-        err = (_packed(x, packed, None) - F.linear(x, w)).abs().max().item()
-        a, b = median(lambda: F.linear(x, w)), median(lambda: _packed(x, packed, None))
-        print(f"{name:16s} {n_in:5d} -> {n_out:5d}: F.linear {a:9.1f} us  packed {b:9.1f} us  {a / b:5.2f}x  "
-              f"(max abs diff {err:.1e})")
-
-
-if __name__ == "__main__":
-    _bench()

@@ -208,7 +208,7 @@ def test_a_busy_checker_is_killed_at_exit(tmp_path):
     """A process that exits while its checker is stuck leaves no checker running."""
     code = f"""
 import sys, threading, time
-sys.path.insert(0, {os.path.dirname(os.path.dirname(tasks.__file__))!r})
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.dirname(tasks.__file__)))!r})
 from distill.evaluation import tasks
 assert tasks.is_correct(r"\\boxed{{\\sqrt{{4}}}}", "2")
 tasks._SLEEP_FOR_TESTS = 60.0

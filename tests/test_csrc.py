@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from helpers import assert_close, tiny_teacher
 
 from distill import hybridize
-from hybrid.ops import csrc
+from hybrid.ops import backends, csrc
 from hybrid.ops.conv1d import causal_conv1d_update
 from hybrid.ops.ssd import ssd_step
 
@@ -93,14 +93,13 @@ def test_fused_step_rejects_bad_input():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_hybrid_decodes_the_same_with_and_without_the_kernel(monkeypatch, dtype):
+def test_hybrid_decodes_the_same_with_and_without_the_kernel(dtype):
     model = hybridize(tiny_teacher("llama"), [1], chunk_size=16).to(dtype)
     ids = torch.randint(3, 97, (2, 20))
     runs = {}
     for kernels in ("torch", "csrc"):
-        monkeypatch.setenv("HYBRID_KERNELS", kernels)
         from hybrid.cache import HybridCache
-        with torch.no_grad():
+        with backends.use(kernels), torch.no_grad():
             cache = HybridCache(model.config)
             pieces = [model(ids[:, :12], cache=cache, use_cache=True).logits]
             pieces += [model(ids[:, t:t + 1], cache=cache, use_cache=True).logits for t in range(12, 20)]
@@ -110,3 +109,37 @@ def test_hybrid_decodes_the_same_with_and_without_the_kernel(monkeypatch, dtype)
     assert_close(runs["csrc"][0].float(), runs["torch"][0].float(), atol=atol, rtol=0, what="decode logits")
     if dtype == torch.float32:
         assert torch.equal(runs["csrc"][1], runs["torch"][1])
+
+
+@pytest.mark.parametrize("mixer", ["mamba2", "mamba"])
+def test_fused_decode_steps_leave_a_step_needing_gradients_to_torch(monkeypatch, mixer):
+    """The kernels have no backward: a decode step with gradients to compute runs the torch path (same gate for
+    both mixers); without, the fused step runs."""
+    model = hybridize(tiny_teacher("llama"), [1], mixer=mixer, chunk_size=16)
+    ids = torch.randint(3, 97, (2, 9))
+    calls = []
+
+    class Spy:  # records which kernels of the extension the model calls
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(ext, name)
+
+    monkeypatch.setitem(csrc._state, "module", Spy())
+    step = "mamba2_step_cpu" if mixer == "mamba2" else "mamba1_step_cpu"
+    from hybrid.cache import HybridCache
+    for grad in (True, False):
+        calls.clear()
+        with backends.use("csrc"), torch.set_grad_enabled(grad):
+            cache = HybridCache(model.config)
+            model(ids[:, :8], cache=cache, use_cache=True)
+            model(ids[:, 8:], cache=cache, use_cache=True).logits.sum()
+        assert (step in calls) == (not grad), (grad, calls)
+
+
+def test_ops_benchmark_gates_and_times_every_kernel(tmp_path):
+    import json
+
+    from distill.evaluation.kernels import OP_SHAPES, run_ops
+    rows = run_ops(batches=(1,), reps=1, out_dir=str(tmp_path), scan_len=16, scan_batches=(1,))
+    assert len(rows) == 4 * len(OP_SHAPES) and all(r["gate"] == "pass" and r["speedup"] > 0 for r in rows)
+    assert json.loads((tmp_path / "ops.json").read_text()) == rows

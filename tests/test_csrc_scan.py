@@ -5,7 +5,7 @@ import torch
 from helpers import assert_close, tiny_teacher
 
 from distill import hybridize
-from hybrid.ops import csrc
+from hybrid.ops import backends, csrc
 from hybrid.ops.conv1d import causal_conv1d_ref, causal_conv1d_update
 from hybrid.ops.selective_scan import selective_state_step
 from hybrid.ops.ssd import ssd_ref
@@ -170,8 +170,7 @@ def test_hybrid_prefill_and_decode_agree_across_backends(monkeypatch, mixer):
     monkeypatch.setitem(csrc._state, "module", Spy())
     runs = {}
     for kernels in ("torch", "csrc"):
-        monkeypatch.setenv("HYBRID_KERNELS", kernels)
-        with torch.no_grad():
+        with backends.use(kernels), torch.no_grad():
             packed = model(ids, position_ids=pos).logits
             gen = model.generate(ids[:, :30], max_new_tokens=8, do_sample=False, pad_token_id=0)
         runs[kernels] = (packed, gen)

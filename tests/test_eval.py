@@ -265,11 +265,16 @@ def test_generation_config_with_sampling_settings_only_runs_on_the_engine(monkey
 def test_bench_throughput_runs_each_kernel_setting_in_the_requested_dtype(tmp_path):
     import json
 
-    from distill.evaluation.bench import run_throughput
+    from distill.evaluation.throughput import ThroughputSettings, run_throughput
+    from hybrid.ops import backends
     folder = tmp_path / "h"
     hybridize(tiny_teacher("llama"), [1, 3], chunk_size=16).save_pretrained(folder)
-    run_throughput([str(folder)], [2], 8, 4, [32], str(tmp_path / "bench"), hf_baseline=False, context_steps=2,
-                   kernels=["torch", "csrc"], dtype="bfloat16", decode=["eager", "static", "graph"])
+    before = backends.kernel_choice()
+    run_throughput(ThroughputSettings(models=[str(folder)], out=str(tmp_path / "bench"), batch=[2], prompt_len=8,
+                                      gen_len=4, context=[32], hf_baseline=False, context_steps=2,
+                                      kernels=["torch", "csrc"], dtype="bfloat16",
+                                      decode=["eager", "static", "graph"]))
+    assert backends.kernel_choice() == before  # each setting held for its runs only
     result = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert result["environment"]["dtype"] == "bfloat16"
     skipped = [r for r in result["results"] if "skipped" in r]  # no CUDA graphs on a CPU: said, not fatal
@@ -286,18 +291,19 @@ def test_bench_throughput_runs_each_kernel_setting_in_the_requested_dtype(tmp_pa
 def test_bench_throughput_runs_the_teacher_with_packed_and_plain_linears(tmp_path):
     import json
 
-    from distill.evaluation.bench import ratio_table, run_throughput
-    from hybrid.prepack import _op_works
+    from distill.evaluation.throughput import ThroughputSettings, ratio_table, run_throughput
+    from hybrid.prepack import op_works
     folder = tmp_path / "t"
     tiny_teacher("llama").save_pretrained(folder)
     with pytest.raises(ValueError, match="prepack='maybe'"):
-        run_throughput([str(folder)], [2], 8, 4, [], str(tmp_path / "bench"), prepack=["maybe"])
-    result = run_throughput([str(folder)], [2], 8, 4, [32], str(tmp_path / "bench"), context_steps=2,
-                            prepack=["on", "off"])
+        ThroughputSettings(models=[str(folder)], out=str(tmp_path / "bench"), prepack=["maybe"])
+    result = run_throughput(ThroughputSettings(models=[str(folder)], out=str(tmp_path / "bench"), batch=[2],
+                                               prompt_len=8, gen_len=4, context=[32], context_steps=2,
+                                               prepack=["on", "off"]))
     assert json.loads((tmp_path / "bench" / "bench.json").read_text()) == json.loads(json.dumps(result))
     rows = result["results"]
     linear = {r["model"].split(" [", 1)[1]: r["linear"] for r in rows}
-    assert linear == {"prepack on]": "onednn-packed" if _op_works() else "aten", "prepack off]": "aten"}
+    assert linear == {"prepack on]": "onednn-packed" if op_works() else "aten", "prepack off]": "aten"}
     gen = [r for r in rows if r["mode"] == "generate"]
     assert len(gen) == 2 and all(r["hf_tokens_per_s"] > 0 for r in gen)
     table = ratio_table(result)
@@ -306,11 +312,16 @@ def test_bench_throughput_runs_the_teacher_with_packed_and_plain_linears(tmp_pat
 
 @pytest.mark.parametrize("kind,kernels", [("teacher", "auto"), ("mamba2", "csrc"), ("mamba2", "torch"),
                                           ("mamba", "csrc"), ("mamba", "torch")])
-def test_static_decode_step_equals_the_eager_step(kind, kernels, monkeypatch):
+def test_static_decode_step_equals_the_eager_step(kind, kernels):
     """The fixed-shape step a CUDA graph captures (whole KV buffer under a mask, tensor write positions, states in
     place), run eagerly: same logits every step and same tokens as the eager engine, left-padded rows included;
     and it never reads a tensor value back to Python (a synchronisation, which a graph capture cannot hold)."""
-    monkeypatch.setenv("HYBRID_KERNELS", kernels)
+    from hybrid.ops import backends
+    with backends.use(kernels):
+        _static_step_equals_eager_step(kind)
+
+
+def _static_step_equals_eager_step(kind):
     from hybrid.cache import StaticLayer
     from hybrid.generation import StaticDecodeStep, cache_tensors, static_cache
     teacher = tiny_teacher("llama")
@@ -375,7 +386,7 @@ def test_decode_mode_choice_and_refusals():
 
 
 def test_bench_correctness_gate_passes_equal_and_near_tied_tokens_only(monkeypatch):
-    import distill.evaluation.bench as bench
+    import distill.evaluation.throughput as bench
     model = tiny_teacher("llama").eval()
     assert bench.correctness_gate(model, None) == (True, "identical")
     prompt = bench._prompts(1, 16, model.config.vocab_size, 123)[0]
@@ -402,7 +413,7 @@ def test_bench_correctness_gate_passes_equal_and_near_tied_tokens_only(monkeypat
 
 
 def test_bench_interleaved_context_rows_time_every_model_in_turn(tmp_path, monkeypatch):
-    import distill.evaluation.bench as bench
+    import distill.evaluation.throughput as bench
     t, h = tmp_path / "t", tmp_path / "h"
     teacher = tiny_teacher("llama")
     teacher.save_pretrained(t)
@@ -415,8 +426,9 @@ def test_bench_interleaved_context_rows_time_every_model_in_turn(tmp_path, monke
         name = type(model).__name__
         return mode, lambda s: order.append(name) or step(s)
     monkeypatch.setattr(bench, "_context_stepper", spy)
-    result = bench.run_throughput([str(t), str(h)], [2], 8, 4, [32, 48], str(tmp_path / "bench"), hf_baseline=False,
-                                  context_steps=3, interleave=True)
+    result = bench.run_throughput(bench.ThroughputSettings(
+        models=[str(t), str(h)], out=str(tmp_path / "bench"), batch=[2], prompt_len=8, gen_len=4, context=[32, 48],
+        hf_baseline=False, context_steps=3, interleave=True))
     ctx = [r for r in result["results"] if r["mode"] == "context"]
     assert [(r["model"], r["context"]) for r in ctx] == [(str(t), 32), (str(h), 32), (str(t), 48), (str(h), 48)]
     assert all(r["interleaved"] and r["tpot_ms"] > 0 for r in ctx)

@@ -1,4 +1,7 @@
 """Every op against its sequential reference over awkward shapes, forward and backward."""
+import os
+import re
+
 import pytest
 import torch
 from helpers import assert_close
@@ -133,9 +136,39 @@ def test_conv1d_matches_reference_and_update(T, K):
     assert_close(state, conv_state_from_inputs(x, K), atol=0, rtol=0, what="state advanced")
 
 
-def test_backend_override(monkeypatch):
+@pytest.fixture
+def fresh_choice():
+    """The backend choice resolved anew in the test, and again after it (from the environment it restores)."""
+    backends.reset()
+    yield
+    backends.reset()
+
+
+def test_backend_override_is_read_from_the_environment_at_first_use(monkeypatch, fresh_choice):
     monkeypatch.setenv("HYBRID_KERNELS", "torch")
     assert backends.active_backend("cpu") == "torch"
+    monkeypatch.setenv("HYBRID_KERNELS", "csrc")
+    assert backends.kernel_choice() == "torch"  # read once: every op of a run sees one setting
     monkeypatch.setenv("HYBRID_KERNELS", "fastest")
-    with pytest.raises(ValueError, match="fastest"):
+    backends.reset()
+    with pytest.raises(ValueError, match="HYBRID_KERNELS='fastest'"):
         backends.kernel_choice()
+
+
+def test_use_switches_the_backend_for_a_block_nests_and_restores(monkeypatch, fresh_choice):
+    monkeypatch.setenv("HYBRID_KERNELS", "auto")
+    with backends.use("torch"):
+        assert backends.active_backend("cpu") == "torch"
+        with backends.use("mamba_ssm"):
+            assert backends.kernel_choice() == "mamba_ssm"
+            with pytest.raises(KeyError), backends.use("csrc"):
+                assert backends.kernel_choice() == "csrc"
+                raise KeyError("inside")
+            assert backends.kernel_choice() == "mamba_ssm"  # restored after the exception
+        assert backends.kernel_choice() == "torch"
+    assert backends.kernel_choice() == "auto" and os.environ["HYBRID_KERNELS"] == "auto"  # the environment untouched
+    for bad in ("fastest", None):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))), backends.use(bad):
+            pass
+    assert backends.kernel_choice() == "auto"
+

@@ -85,12 +85,23 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         (straight / "stages.json").read_text()).keys()
 
 
+def profiles_of(folder):
+    """Every profile any stage file of a recipe folder has."""
+    import yaml
+    names = set()
+    for name in ("distill", "sft", "rl", "bench"):
+        path = os.path.join(folder, f"{name}.yaml")
+        if os.path.isfile(path):
+            names |= set((yaml.safe_load(open(path)) or {}).get("profiles") or {})
+    return sorted(names)
+
+
 def test_every_recipe_validates_and_broken_ones_name_file_key_value(tmp_path):
-    from distill.pipeline import validate_recipe
     folders = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(HERE, "..", "recipes", "*", "distill.yaml"))})
     assert len(folders) >= 6
-    for folder in folders:
-        validate_recipe(folder)
+    for folder in folders:  # loading validates (distill.recipe.validate_recipe), under every profile
+        for profile in [None, *profiles_of(folder)]:
+            load_pipeline(folder, profile=profile)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "distill.yaml").write_text("teacher: x\nkd: {stepz: 3}\n")
@@ -99,7 +110,10 @@ def test_every_recipe_validates_and_broken_ones_name_file_key_value(tmp_path):
     (bad / "distill.yaml").write_text("teacher: x\nselect: {strategy: explicit, params: {layers: [1, 40]}}\n")
     (bad / "teacher_config.json").write_text(json.dumps(tiny_teacher("llama").config.to_dict()))
     with pytest.raises(ValueError, match=r"distill.yaml.*select.params.layers.*40"):
-        validate_recipe(str(bad))
+        load_pipeline(str(bad))
+    (bad / "distill.yaml").write_text("teacher: x\nkd: {steps: 3, loss: {kl: 1.0, cosine: 0.5}}\n")
+    with pytest.raises(ValueError, match=r"distill.yaml: kd.loss has 'cosine'"):
+        load_pipeline(str(bad))
     with pytest.raises(ValueError, match="profile 'nope'"):
         load_pipeline(folders[0], profile="nope")
 

@@ -9,7 +9,7 @@ import hybrid.prepack as prepack
 from distill import hybridize
 from hybrid.generation import SamplingParams, generate
 
-pytestmark = pytest.mark.skipif(not prepack._op_works(), reason="oneDNN packed linear does not run in this build")
+pytestmark = pytest.mark.skipif(not prepack.op_works(), reason="oneDNN packed linear does not run in this build")
 
 
 def _dtypes():
@@ -64,8 +64,8 @@ def test_gradients_inside_the_block_take_f_linear():
 def test_generation_packs_the_current_weights_each_call(monkeypatch):
     model = hybridize(tiny_teacher("llama"), [1, 3]).eval()
     calls = []
-    real = prepack._packed
-    monkeypatch.setattr(prepack, "_packed", lambda *a: calls.append(1) or real(*a))
+    real = prepack.packed_linear
+    monkeypatch.setattr(prepack, "packed_linear", lambda *a: calls.append(1) or real(*a))
     prompts = [[5, 6, 7, 8], [9, 10]]
     p = SamplingParams(max_new_tokens=6)
     first = generate(model, prompts, p, eos_token_id=[], prepack=True)
@@ -125,3 +125,11 @@ def test_nothing_is_packed_where_the_copies_would_not_fit(monkeypatch):
     monkeypatch.setattr(prepack, "available_memory", lambda: 40 << 10)
     with torch.no_grad(), prepack.prepacked_linears(lin) as n:
         assert n == 1
+
+
+def test_linear_benchmark_times_both_paths_on_equal_results(capsys):
+    from distill.evaluation.kernels import LINEAR_SHAPES, run_linears
+    rows = run_linears(rows=2, reps=1)
+    assert [r["shape"] for r in rows] == list(LINEAR_SHAPES)
+    assert all(r["f_linear_us"] > 0 and r["packed_us"] > 0 and r["max_abs_diff"] < 1e-3 for r in rows)
+    assert "oneDNN packed linear works: True" in capsys.readouterr().out

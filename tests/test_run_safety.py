@@ -201,9 +201,9 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 
 def test_non_finite_loss_exits_3_naming_the_step_and_the_last_good_checkpoint(tmp_path, teacher_dir, capsys,
                                                                                 monkeypatch):
-    import distill.conversion.schedule as schedule
+    import distill.conversion.kd as kd
 
-    real = schedule.kd_loss_step
+    real = kd.kd_loss_step
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -215,7 +215,7 @@ def test_non_finite_loss_exits_3_naming_the_step_and_the_last_good_checkpoint(tm
             return (s * float("nan") if calls["n"] >= 3 else s), parts
         return loss_step
 
-    monkeypatch.setattr(schedule, "kd_loss_step", poisoned)
+    monkeypatch.setattr(kd, "kd_loss_step", poisoned)
     recipe = distill_recipe(tmp_path, teacher_dir, kd_steps=5)
     out = tmp_path / "run"
     assert main(["distill", "--config", recipe, "--out", str(out)]) == 3

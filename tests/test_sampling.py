@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import assert_close
 
-import distill.evaluation.bench as bench
+from distill.evaluation.sampler import run_sampler
 from hybrid.generation import SamplingParams, _draw, reference_probs, sample, sample_candidates
 
 
@@ -61,6 +61,6 @@ def test_sample_chi_square_on_a_real_sized_vocabulary():
 
 
 def test_bench_sampler_gates_and_times_both_samplers(capsys):
-    rows = bench.run_sampler(batch=2, vocab=500, reps=2)
+    rows = run_sampler(batch=2, vocab=500, reps=2)
     assert len(rows) == 4 and all(r["gate"] == "pass" and r["engine_ms"] > 0 and r["reference_ms"] > 0 for r in rows)
     assert capsys.readouterr().out.count('"gate": "pass"') == 4

@@ -17,7 +17,9 @@ from torch import nn
 from hybrid.modeling import packed_seq_idx
 
 from ..data import model_inputs
+from ..train import Trainer
 from .losses import alignment_l2
+from .phase import PhaseContext, train_args
 
 
 @contextlib.contextmanager
@@ -90,3 +92,26 @@ def alignment_errors(student, teacher, layers, rows, batch_size: int = 4) -> dic
             num[i] += (out.float() - io[i][1].float()).pow(2).sum().item()
             den[i] += io[i][1].float().pow(2).sum().item()
     return {i: num[i] / max(den[i], 1e-12) for i in layers}
+
+
+def run_align(student, teacher, data, settings, folder: str, ctx: PhaseContext):
+    """The align phase (see phase.py): only the mixers of the layers this stage replaces train, each against its
+    own attention layer's output; the held-out KL is measured on the whole student. Skipped without steps or
+    without new layers (a stage that keeps as many layers as the last). The record adds the per-layer alignment
+    error before and after."""
+    if settings.steps == 0 or not ctx.new:
+        return student, {"skipped": True}
+    train_rows, eval_rows = data
+    before = alignment_errors(student, teacher, ctx.new, eval_rows, ctx.eval_batch_size)
+    stack = MixerStack(student, ctx.new)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for p in stack.parameters():
+        p.requires_grad_(True)
+    trainer = Trainer(stack, align_loss_step(teacher, ctx.new), train_rows, train_args(settings), folder,
+                      eval_fn=lambda _stack: ctx.heldout(student), name=ctx.name("align"),
+                      count_fn=count_all_tokens)
+    record = dict(trainer.run(resume=ctx.resume, stop_after=ctx.stop_after))
+    after = alignment_errors(student, teacher, ctx.new, eval_rows, ctx.eval_batch_size)
+    record["alignment_error"] = {str(i): {"before": before[i], "after": after[i]} for i in ctx.new}
+    return student, record

@@ -15,7 +15,8 @@ import os
 import torch
 from tqdm.auto import tqdm
 
-from ..data import is_empty, read_jsonl, record_value, report_skipped, require_file, synthetic_prompts
+from ..data import is_empty, prompt_ids, read_jsonl, record_value, report_skipped, require_file, synthetic_prompts
+from ..loading import pad_and_eos
 
 
 def read_prompts(spec) -> list[str]:
@@ -66,24 +67,19 @@ def build_corpus(teacher, tok, prompts: list[str], out_path: str, max_new_tokens
         with open(out_path, "w", encoding="utf-8") as f:
             f.writelines(keep)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tok.padding_side = "left"
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    chat = bool(getattr(tok, "chat_template", None))
+    tok.padding_side = "left"  # generation continues every row from its last position
+    pad, eos = pad_and_eos(teacher, tok)
     bar = tqdm(total=len(prompts), initial=done, desc="corpus")
     with open(out_path, "a", encoding="utf-8") as f:
         for start in range(done, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            if chat:
-                texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True) for p in batch]
-                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            else:
-                enc = tok(batch, return_tensors="pt", padding=True)
+            enc = tok.pad({"input_ids": [prompt_ids(tok, p) for p in batch]}, return_tensors="pt")
             enc = {k: v.to(teacher.device) for k, v in enc.items()}
             torch.manual_seed(seed + start // batch_size)
             out = teacher.generate(**enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                                    temperature=temperature if temperature > 0 else None,
-                                   top_p=top_p if temperature > 0 else None, pad_token_id=pad)
+                                   top_p=top_p if temperature > 0 else None, pad_token_id=pad,
+                                   eos_token_id=eos or None)
             for p, row in zip(batch, out[:, enc["input_ids"].shape[1]:]):
                 text = tok.decode(row, skip_special_tokens=True)
                 f.write(json.dumps({"prompt": p, "completion": text.strip()}) + "\n")

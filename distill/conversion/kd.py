@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 
 from ..data import model_inputs
+from ..train import Trainer
 from .losses import combined_loss
+from .phase import PhaseContext, train_args
 
 TRAINABLE = ("mixers", "mixers+mlp", "all")
 
@@ -53,3 +55,17 @@ def kd_loss_step(teacher, weights: dict, temperature: float = 1.0, alpha: float 
         return total, parts
 
     return step
+
+
+def run_kd(student, teacher, data, settings, folder: str, ctx: PhaseContext):
+    """The kd phase (see phase.py): the parameters `settings.train` names learn the teacher's logits on the
+    training rows; skipped without steps. Returns the trained student as the Trainer leaves it (unwrapped from
+    accelerate's wrappers) and its held-out KL and perplexity ratio."""
+    if settings.steps == 0:
+        return student, {"skipped": True}
+    set_trainable(student, settings.train)
+    loss_step = kd_loss_step(teacher, settings.loss, settings.temperature, settings.alpha)
+    trainer = Trainer(student, loss_step, data[0], train_args(settings), folder, eval_fn=ctx.heldout,
+                      name=ctx.name("kd"))
+    record = dict(trainer.run(resume=ctx.resume, stop_after=ctx.stop_after))
+    return trainer.acc.unwrap_model(trainer.module), record

@@ -175,16 +175,39 @@ def _teacher_io_batches(teacher, layers, rows, batch_size, n_batches, seed=0):
             for b in _batches(rows, batch_size, n_batches, seed)]
 
 
-def _align_steps(io_batches, layers, mixers: dict, steps, lr):
-    params = [p for m in mixers.values() for p in m.parameters()]
+def _adam_steps(params, losses, lr: float) -> None:
+    """Plain Adam at a constant rate, one step per loss that `losses` yields (each computed on demand, with
+    gradients on). The strategies only rank layers by a short training: no schedule, clipping, checkpoints or
+    reseeding (the Trainer's), which would change the scores and the random numbers later layers draw."""
     opt = torch.optim.Adam(params, lr=lr)
+    with torch.enable_grad():
+        for loss in losses:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def _align_losses(io_batches, layers, mixers: dict, steps):
+    """Per step: the summed mean squared error of the mixers of `layers` against their attention outputs."""
     for step in range(steps):
         io, seq_idx = io_batches[step % len(io_batches)]
-        loss = sum(alignment_l2(mixers[i](io[i][0], seq_idx=seq_idx), io[i][1])[0] / io[i][0].shape[:2].numel()
-                   for i in layers)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        yield sum(alignment_l2(mixers[i](io[i][0], seq_idx=seq_idx), io[i][1])[0] / io[i][0].shape[:2].numel()
+                  for i in layers)
+
+
+def _align_steps(io_batches, layers, mixers: dict, steps, lr):
+    params = [p for m in mixers.values() for p in m.parameters()]
+    _adam_steps(params, _align_losses(io_batches, layers, mixers, steps), lr)
+
+
+def _kd_losses(student, teacher, batches, loss):
+    """Per batch: the KD loss of `student` against the teacher's logits, a mean over target tokens."""
+    for batch in batches:
+        kw = model_inputs(batch)
+        with torch.no_grad():
+            t = teacher(**kw).logits
+        s, c, _ = loss(student(**kw).logits, t, batch["labels"])
+        yield s / c.clamp(min=1)
 
 
 def _need_rows(ctx: SelectContext, name: str):
@@ -202,8 +225,7 @@ def _leave_one_out(ctx: SelectContext, align_steps: int = 20, lr: float = 1e-3, 
     scores = {}
     for i in tqdm(range(n), desc="leave-one-out"):
         with swapped_to_mixer(base, i, ctx.mixer, teacher.model.layers[i]) as mix:
-            with torch.enable_grad():
-                _align_steps(io_batches, [i], {i: mix}, align_steps, lr)
+            _align_steps(io_batches, [i], {i: mix}, align_steps, lr)
             scores[i] = ctx.evaluate(base)
     order = sorted(range(n), key=lambda i: (scores[i], i))
     return Selection("leave-one-out", order, scores, "held-out KL with only this layer replaced")
@@ -218,8 +240,7 @@ def _kl_guided(ctx: SelectContext, align_steps: int = 20, kd_steps: int = 10, lr
     student = hybridize(teacher, [], mixer=ctx.mixer)
     mixers = {i: student.model.layers[i].mamba for i in range(n)}
     io_batches = _teacher_io_batches(teacher, range(n), ctx.train_rows, ctx.batch_size, align_batches)
-    with torch.enable_grad():
-        _align_steps(io_batches, list(range(n)), mixers, align_steps, lr)
+    _align_steps(io_batches, list(range(n)), mixers, align_steps, lr)
     del io_batches
     snapshot = copy.deepcopy(student.state_dict())
     base_kl = ctx.evaluate(student)
@@ -228,16 +249,8 @@ def _kl_guided(ctx: SelectContext, align_steps: int = 20, kd_steps: int = 10, lr
     for i in tqdm(range(n), desc="kl-guided"):
         with swapped_to_attention(student, i, teacher.model.layers[i]):
             params = [p for j, m in mixers.items() if j != i for p in m.parameters()]
-            opt = torch.optim.Adam(params, lr=lr)
-            with torch.enable_grad():
-                for batch in _batches(ctx.train_rows, ctx.batch_size, kd_steps, seed=i):
-                    kw = model_inputs(batch)
-                    with torch.no_grad():
-                        t = teacher(**kw).logits
-                    s, c, _ = kd(student(**kw).logits, t, batch["labels"])
-                    opt.zero_grad()
-                    (s / c.clamp(min=1)).backward()
-                    opt.step()
+            batches = _batches(ctx.train_rows, ctx.batch_size, kd_steps, seed=i)
+            _adam_steps(params, _kd_losses(student, teacher, batches, kd), lr)
             scores[i] = base_kl - ctx.evaluate(student)
         student.load_state_dict(snapshot)
     order = sorted(range(n), key=lambda i: (scores[i], i))

@@ -21,6 +21,8 @@ from hybrid.mixers.mamba import MambaMixer
 from hybrid.mixers.mamba2 import Mamba2Mixer
 from hybrid.modeling import HybridForCausalLM
 
+from .phase import PhaseContext
+
 
 def _copy_rows(dst: torch.Tensor, start: int, src: torch.Tensor, what: str) -> int:
     end = start + src.shape[0]
@@ -104,3 +106,13 @@ def hybridize(teacher: nn.Module, attn_layers, mixer: str = "mamba2", **mixer_se
         if kind != "attention" and (current is None or current[i] == "attention"):
             TRANSFERS[kind](teacher.model.layers[i].self_attn, student.model.layers[i].mamba)
     return student.eval() if not teacher.training else student
+
+
+def run_transfer(student, teacher, data, settings, folder: str, ctx: PhaseContext):
+    """The transfer phase (see phase.py): the layers this stage replaces become mixers initialised from their
+    attention. `settings` is the whole DistillRecipe (mixer, chunk_size, seed); the seed is offset by the stage so
+    that each stage's mixer init (the parts the transfer leaves at default) draws its own numbers. Returns the new
+    hybrid and its held-out KL and perplexity ratio; it trains nothing, so writes nothing under `folder`."""
+    torch.manual_seed(settings.seed + ctx.stage)
+    student = hybridize(student, ctx.kept, mixer=settings.mixer, chunk_size=settings.chunk_size)
+    return student, ctx.heldout(student)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from .tasks import check_stats, extract_answer, is_correct
+from .tasks import check_stats, extract_answer, is_correct, prompt_of
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -191,29 +191,20 @@ def time_budget_curves(seconds_per_sample: dict[str, float], correct: dict[str, 
     return curves
 
 
-def _prompt_ids(tok, problem) -> list[int]:
-    from .tasks import prompt_of
-    text = prompt_of(problem)
-    if getattr(tok, "chat_template", None):
-        ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    return tok(text).input_ids
-
-
 def sample_completions(model, tok, problems, k: int, max_new_tokens: int = 256, temperature: float = 0.7,
                        top_p: float = 0.95, batch_size: int = 16, seed: int = 0):
     """k samples per problem through the decode engine. Returns (completions [problem][sample], wall seconds,
     generated tokens). Batch j is sampled with seed + j, so results are reproducible."""
     import time
 
-    from hybrid.generation import SamplingParams, generate
+    from hybrid.generation import SamplingParams, generate  # start-up time: the model side loads on use
 
-    jobs = [(i, _prompt_ids(tok, p)) for i, p in enumerate(problems) for _ in range(k)]
+    from ..data import prompt_ids
+    from ..loading import pad_and_eos
+
+    jobs = [(i, prompt_ids(tok, prompt_of(p))) for i, p in enumerate(problems) for _ in range(k)]
     out: list[list[str]] = [[] for _ in problems]
-    eos = model.generation_config.eos_token_id
-    if tok.eos_token_id is not None:
-        eos = sorted({tok.eos_token_id} | set([eos] if isinstance(eos, int) else (eos or [])))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad, eos = pad_and_eos(model, tok)
     from tqdm.auto import tqdm
     bar = tqdm(total=len(jobs), desc="sampling", unit="sample", disable=len(jobs) <= batch_size)
     t0, tokens = time.perf_counter(), 0
@@ -269,13 +260,13 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
     import json
     import os
 
-    from .bench import load_spec
+    from ..loading import load_model  # start-up time: the model side loads on use
     from .tasks import extract_answer, is_correct
     os.makedirs(out, exist_ok=True)
     spp, correct, answers, meta = {}, {}, {}, {}
     before = check_stats()["timeouts"]
     for spec in specs:
-        model, tok, label = load_spec(spec, need_tokenizer=True)
+        model, tok, label = load_model(spec, need_tokenizer=True)
         best = best_batch_size(model, tok, problems, candidates=batch_candidates, **sampling)
         comps, secs, tokens = sample_completions(model, tok, problems, samples, batch_size=best["best_batch"],
                                                  **sampling)
@@ -303,8 +294,8 @@ def run_accuracy(spec: str, problems, samples: int, out: str, tasks: str = "", b
     import json
     import os
 
-    from .bench import load_spec
-    model, tok, label = load_spec(spec, need_tokenizer=True)
+    from ..loading import load_model  # start-up time: the model side loads on use
+    model, tok, label = load_model(spec, need_tokenizer=True)
     comps, secs, tokens = sample_completions(model, tok, problems, samples, batch_size=batch_size, **sampling)
     ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples} | {samples})
     result = {"model": label, "tasks": tasks, "samples": samples, "seconds": secs, "tokens": tokens,

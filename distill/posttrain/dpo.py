@@ -9,39 +9,29 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from trl import DPOConfig, DPOTrainer
 
 from ..data import MESSAGES, is_empty, read_records, record_value, report_skipped, require_file
-from .trl_stage import load_with_tokenizer, train_and_save
+from ..loading import load_model
+from .trl_stage import TRLArgs, train_and_save
 
 
 @dataclass
-class DPOArgs:
-    model: str = "smollm2-135m"
-    data: str = "synthetic:train"
-    n: int | None = 256
+class DPOArgs(TRLArgs):
+    """TRLArgs (data: a tasks spec or a .jsonl of prompt/chosen/rejected rows; extra: more DPOConfig fields) plus
+    DPO's own."""
     out: str = "runs/dpo"
-    beta: float = 0.1
-    max_steps: int = 100
     lr: float = 5e-7
-    batch_size: int = 8
-    grad_accum: int = 1
+    beta: float = 0.1
     max_length: int = 512
-    logging_steps: int = 5
-    save_steps: int = 50
-    seed: int = 0
-    extra: dict = field(default_factory=dict)  # more DPOConfig fields
-    profiles: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.beta <= 0:
             raise ValueError(f"beta={self.beta} must be > 0")
-        for k in ("max_steps", "batch_size", "grad_accum", "max_length"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k}={getattr(self, k)} must be >= 1")
+        self.check_positive(("max_steps", "batch_size", "grad_accum", "max_length"))
 
 
 def _wrong(answer: str) -> str:
@@ -82,11 +72,7 @@ def preference_rows(data: str, n: int | None = None, seed: int = 0) -> list[dict
 
 
 def dpo_config(args: DPOArgs) -> DPOConfig:
-    return DPOConfig(output_dir=args.out, beta=args.beta, max_steps=args.max_steps, learning_rate=args.lr,
-                     per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
-                     max_length=args.max_length, logging_steps=args.logging_steps, save_steps=args.save_steps,
-                     save_total_limit=2, report_to=[], seed=args.seed, use_cpu=not torch.cuda.is_available(),
-                     bf16=torch.cuda.is_available(), **args.extra)
+    return args.trl_config(DPOConfig, beta=args.beta, max_length=args.max_length, bf16=torch.cuda.is_available())
 
 
 def make_trainer(model, tokenizer, rows: list[dict], args: DPOArgs) -> DPOTrainer:
@@ -99,6 +85,6 @@ def make_trainer(model, tokenizer, rows: list[dict], args: DPOArgs) -> DPOTraine
 
 
 def run_dpo(args: DPOArgs, resume: bool = False) -> str:
-    model, tok = load_with_tokenizer(args.model)
+    model, tok, _ = load_model(args.model, for_training=True)
     trainer = make_trainer(model, tok, preference_rows(args.data, args.n, args.seed), args)
     return train_and_save(trainer, tok, args, resume, "dpo")

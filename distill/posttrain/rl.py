@@ -21,37 +21,33 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ..data import check_value, read_jsonl, require_file
+from ..loading import load_model
 from .rewards import check_rows, get_rewards
-from .trl_stage import load_with_tokenizer, train_and_save
+from .trl_stage import TRLArgs, train_and_save
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 
 
 @dataclass
-class RLArgs:
-    model: str = "smollm2-135m"
+class RLArgs(TRLArgs):
+    """TRLArgs (batch_size: completions per device step, a multiple of num_generations; extra: more GRPOConfig
+    fields) plus GRPO's own."""
     data: str = "synthetic:train:levels=1"
-    n: int | None = 256
     out: str = "runs/rl"
+    max_steps: int = 50
+    lr: float = 1e-6
+    logging_steps: int = 1
+    save_steps: int = 25
     rewards: list[str] = field(default_factory=lambda: ["correctness", "format"])
     reward_weights: list[float] | None = None
     loss_type: str = "dapo"
     num_generations: int = 8
-    batch_size: int = 8  # completions per device step; a multiple of num_generations
-    grad_accum: int = 1
-    max_steps: int = 50
-    lr: float = 1e-6
     beta: float = 0.0
     epsilon: float = 0.2
     epsilon_high: float = 0.28  # clip-higher (DAPO)
     temperature: float = 1.0
     max_completion_length: int = 128
-    logging_steps: int = 1
-    save_steps: int = 25
     drop_zero_variance_groups: bool = False
-    seed: int = 0
-    extra: dict = field(default_factory=dict)  # more GRPOConfig fields
-    profiles: dict = field(default_factory=dict)  # named overrides (recipe YAML), applied by --profile
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -117,15 +113,11 @@ class HybridGRPOTrainer(GRPOTrainer):
 
 
 def grpo_config(args: RLArgs) -> GRPOConfig:
-    return GRPOConfig(
-        output_dir=args.out, max_steps=args.max_steps, learning_rate=args.lr,
-        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
-        num_generations=args.num_generations, loss_type=args.loss_type, beta=args.beta, epsilon=args.epsilon,
-        epsilon_high=args.epsilon_high, temperature=args.temperature, max_completion_length=args.max_completion_length,
-        reward_weights=args.reward_weights, logging_steps=args.logging_steps, save_steps=args.save_steps,
-        save_total_limit=2, report_to=[], seed=args.seed, use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available(), **args.extra,
-    )
+    return args.trl_config(
+        GRPOConfig, num_generations=args.num_generations, loss_type=args.loss_type, beta=args.beta,
+        epsilon=args.epsilon, epsilon_high=args.epsilon_high, temperature=args.temperature,
+        max_completion_length=args.max_completion_length, reward_weights=args.reward_weights,
+        bf16=torch.cuda.is_available())
 
 
 def make_trainer(model, tokenizer, rows: list[dict], args: RLArgs) -> HybridGRPOTrainer:
@@ -139,6 +131,6 @@ def make_trainer(model, tokenizer, rows: list[dict], args: RLArgs) -> HybridGRPO
 
 def run_rl(args: RLArgs, resume: bool = False) -> str:
     """Train; save the final model (+ tokenizer) to `args.out`/final and return that path. Resumable."""
-    model, tok = load_with_tokenizer(args.model)
+    model, tok, _ = load_model(args.model, for_training=True)
     trainer = make_trainer(model, tok, rl_rows(args.data, args.n, args.seed), args)
     return train_and_save(trainer, tok, args, resume, "rl")

@@ -6,50 +6,40 @@
   those restarts into document boundaries for its mixers (state reset, conv taps masked) and attention masks them
   block-diagonally, so no example sees another (tested: packed loss == separate loss).
 - Optional distillation-SFT (M1): `kl_weight > 0` with a `teacher` adds the reverse KL(student || teacher) on the
-  label tokens to the NLL.
+  label tokens to the NLL: the loss registry's reverse_kl (distill.conversion.losses), the one logit KD uses.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from trl import SFTConfig, SFTTrainer
 
+from ..conversion.losses import reverse_kl, target_mask
 from ..data import MESSAGES, is_empty, read_records, record_value, report_skipped, require_file
-from .trl_stage import load_with_tokenizer, train_and_save
+from ..loading import load_model
+from .trl_stage import TRLArgs, train_and_save
 
 
 @dataclass
-class SFTArgs:
-    model: str = "smollm2-135m"  # any load_pretrained spec
-    data: str = "synthetic:train"  # a tasks spec (distill.evaluation.tasks.load_tasks) or a .jsonl of chat rows
-    n: int | None = 512  # rows drawn from a tasks spec
+class SFTArgs(TRLArgs):
+    """TRLArgs (data: a tasks spec or a .jsonl of chat rows; extra: more SFTConfig fields) plus SFT's own."""
+    n: int | None = 512
     out: str = "runs/sft"
-    max_steps: int = 100
-    lr: float = 1e-4
-    batch_size: int = 8
-    grad_accum: int = 1
     max_length: int = 512
     packing: bool = True
     warmup_steps: int = 5
     weight_decay: float = 0.0
     teacher: str | None = None  # distillation-SFT
     kl_weight: float = 0.0
-    logging_steps: int = 5
-    save_steps: int = 50
-    seed: int = 0
-    extra: dict = field(default_factory=dict)  # more SFTConfig fields
-    profiles: dict = field(default_factory=dict)  # named overrides (recipe YAML), applied by --profile
 
     def __post_init__(self):
         if self.kl_weight < 0:
             raise ValueError(f"kl_weight={self.kl_weight} must be >= 0")
         if self.kl_weight > 0 and not self.teacher:
             raise ValueError("kl_weight > 0 needs a teacher")
-        for k in ("max_steps", "batch_size", "grad_accum", "max_length"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k}={getattr(self, k)} must be >= 1")
+        self.check_positive(("max_steps", "batch_size", "grad_accum", "max_length"))
 
 
 def rows_from(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
@@ -100,14 +90,6 @@ def _chat_row(r: dict, i: int, data: str) -> dict:
                      f"has {sorted(r)}")
 
 
-def reverse_kl(student_logits, teacher_logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum over label tokens of KL(student || teacher) at the positions predicting them, and the token count."""
-    mask = labels[:, 1:] != -100
-    s = student_logits[:, :-1][mask].float().log_softmax(-1)
-    t = teacher_logits[:, :-1][mask].float().log_softmax(-1)
-    return (s.exp() * (s - t)).sum(), mask.sum()
-
-
 class HybridSFTTrainer(SFTTrainer):
     """SFTTrainer plus an optional reverse-KL-to-teacher term on the label tokens."""
 
@@ -126,7 +108,7 @@ class HybridSFTTrainer(SFTTrainer):
         logits = model(**fwd).logits
         with torch.no_grad():
             t_logits = self.teacher(**fwd).logits
-        mask = labels[:, 1:] != -100
+        mask = target_mask(labels)
         nll = torch.nn.functional.cross_entropy(logits[:, :-1][mask].float(), labels[:, 1:][mask], reduction="sum")
         rkl, count = reverse_kl(logits, t_logits, labels)
         denom = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
@@ -137,14 +119,9 @@ class HybridSFTTrainer(SFTTrainer):
 
 
 def sft_config(args: SFTArgs) -> SFTConfig:
-    return SFTConfig(
-        output_dir=args.out, max_steps=args.max_steps, learning_rate=args.lr,
-        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
-        max_length=args.max_length, packing=args.packing, padding_free=args.packing, completion_only_loss=True,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, logging_steps=args.logging_steps,
-        save_steps=args.save_steps, save_total_limit=2, report_to=[], seed=args.seed,
-        use_cpu=not torch.cuda.is_available(), dataset_num_proc=None, **args.extra,
-    )
+    return args.trl_config(SFTConfig, max_length=args.max_length, packing=args.packing, padding_free=args.packing,
+                           completion_only_loss=True, warmup_steps=args.warmup_steps,
+                           weight_decay=args.weight_decay, dataset_num_proc=None)
 
 
 def make_trainer(model, tokenizer, rows: list[dict], args: SFTArgs, teacher=None) -> HybridSFTTrainer:
@@ -160,7 +137,7 @@ def run_sft(args: SFTArgs, resume: bool = False) -> str:
     """Train, save the final model (+ tokenizer) to `args.out`/final, return that path. Resumable from the last
     checkpoint in `args.out` (Trainer checkpoints every save_steps)."""
     from hybrid import load_pretrained
-    model, tok = load_with_tokenizer(args.model)
+    model, tok, _ = load_model(args.model, for_training=True)
     teacher = load_pretrained(args.teacher)[0] if args.teacher else None
     trainer = make_trainer(model, tok, rows_from(args.data, args.n, args.seed), args, teacher)
     return train_and_save(trainer, tok, args, resume, "sft")

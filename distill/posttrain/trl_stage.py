@@ -1,9 +1,13 @@
-"""What the TRL-driven stages (sft.py, rl.py, dpo.py) share: load the model, train resumably, save the result.
+"""What the TRL-driven stages (sft.py, rl.py, dpo.py) share: train resumably, save the result (they load their
+model with distill.loading.load_model).
 
 TRL writes checkpoint-N in place (weights, optimizer, scheduler, RNG, then trainer_state.json last), so a kill
 mid-save leaves a folder that its own `resume_from_checkpoint=True` picks and fails on. Resume here picks the
 newest complete checkpoint instead, and moves incomplete ones to incomplete-checkpoints/ (out of the way of TRL's
 rotation, which would count them against save_total_limit).
+
+`TRLArgs` holds the settings every stage has (model, data, budget, logging, seed, extra TRL fields) and maps them
+to TRL's config in one place; SFTArgs, RLArgs and DPOArgs add their own fields and defaults.
 """
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ import os
 import re
 import shutil
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+
+import torch
 
 from hybrid.checkpoints import safetensors_keys
 
@@ -22,15 +28,37 @@ _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 INCOMPLETE = "incomplete-checkpoints"
 
 
-def load_with_tokenizer(spec: str):
-    """(model, tokenizer) from any load_pretrained spec; a tokenizer is required (pad falls back to EOS)."""
-    from hybrid import load_pretrained
-    model, tok = load_pretrained(spec)
-    if tok is None:
-        raise ValueError(f"{spec} has no tokenizer")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
+@dataclass
+class TRLArgs:
+    """The fields every TRL stage's args share (a stage redeclares a field to change its default)."""
+    model: str = "smollm2-135m"  # any load_pretrained spec
+    data: str = "synthetic:train"  # a tasks spec (distill.evaluation.tasks.load_tasks) or a .jsonl
+    n: int | None = 256  # rows drawn from a tasks spec
+    out: str = "runs/trl"
+    max_steps: int = 100
+    lr: float = 1e-4
+    batch_size: int = 8  # rows (RL: completions) per device step
+    grad_accum: int = 1
+    logging_steps: int = 5
+    save_steps: int = 50
+    seed: int = 0
+    extra: dict = field(default_factory=dict)  # more fields of the stage's TRL config
+    profiles: dict = field(default_factory=dict)  # named overrides (recipe YAML), applied by --profile
+
+    def check_positive(self, names) -> None:
+        """ValueError naming the first of `names` below 1 (a count that must be at least one)."""
+        for k in names:
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}={getattr(self, k)} must be >= 1")
+
+    def trl_config(self, cls, **stage_fields):
+        """TRL config `cls` (SFTConfig, GRPOConfig, DPOConfig) from the shared fields, the stage's own
+        (`stage_fields`) and `extra`, so that a shared field means the same in every stage. Two checkpoints are
+        kept (one stays complete while the next is written); without a GPU it runs on the CPU; no tracker."""
+        return cls(output_dir=self.out, max_steps=self.max_steps, learning_rate=self.lr,
+                   per_device_train_batch_size=self.batch_size, gradient_accumulation_steps=self.grad_accum,
+                   logging_steps=self.logging_steps, save_steps=self.save_steps, save_total_limit=2, report_to=[],
+                   seed=self.seed, use_cpu=not torch.cuda.is_available(), **stage_fields, **self.extra)
 
 
 def _safetensors_problem(path: str) -> str | None:

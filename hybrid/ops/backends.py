@@ -2,12 +2,15 @@
 
 Order: mamba_ssm / causal_conv1d (installed, CUDA tensors) > the project's csrc kernels (hybrid._C, CPU and CUDA;
 forward only, so they run when no gradient is needed) > the PyTorch reference path, which always works and is
-the only differentiable one. `HYBRID_KERNELS=torch|csrc|mamba_ssm` forces one; the choice is logged once and
+the only differentiable one. `HYBRID_KERNELS=torch|csrc|mamba_ssm` forces one: it is read once, at the first op
+that asks, and `use("csrc")` (or "torch", "mamba_ssm", "auto") switches the choice for the length of a block, so a
+benchmark compares backends in one process without writing the environment. The choice is logged once and
 reported by `active_backend` (benchmarks print it). The fast and reference forwards share a signature (see
 ssd.py, selective_scan.py, conv1d.py), so callers never branch on the backend.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -36,17 +39,46 @@ except Exception:  # noqa: BLE001
 _VALID = ("auto", "torch", "csrc", "mamba_ssm")
 _warned: set[str] = set()
 _logged: set[str] = set()
+_choice: dict[str, str] = {}  # "now": the backend choice in force, once resolved
+
+
+def _checked(choice, source: str) -> str:
+    name = (choice.strip().lower() or "auto") if isinstance(choice, str) else choice
+    if name not in _VALID:
+        raise ValueError(f"{source}={choice!r} is not one of {_VALID}")
+    return name
 
 
 def kernel_choice() -> str:
-    """The HYBRID_KERNELS setting ("auto" when unset)."""
-    choice = os.environ.get("HYBRID_KERNELS", "auto").strip().lower() or "auto"
-    if choice not in _VALID:
-        raise ValueError(f"HYBRID_KERNELS={choice!r} is not one of {_VALID}")
-    return choice
+    """The backend choice in force: the innermost `use` block's, else HYBRID_KERNELS ("auto" when unset), read at
+    the first call and kept, so every op of a run sees one setting."""
+    if "now" not in _choice:
+        _choice["now"] = _checked(os.environ.get("HYBRID_KERNELS", "auto"), "HYBRID_KERNELS")
+    return _choice["now"]
 
 
-def _use(kernel, name: str, tensor: torch.Tensor) -> bool:
+def reset() -> None:
+    """Forget the resolved choice: the next op reads HYBRID_KERNELS again (for a process that changed it)."""
+    _choice.pop("now", None)
+
+
+@contextlib.contextmanager
+def use(choice: str):
+    """Run the block with backend `choice` ("auto", "torch", "csrc", "mamba_ssm"); the previous choice comes back
+    on exit, exception or not, so blocks nest."""
+    previous = _choice.get("now")
+    _choice["now"] = _checked(choice, "backend")
+    try:
+        yield
+    finally:
+        if previous is None:
+            reset()
+        else:
+            _choice["now"] = previous
+
+
+def _on_cuda(kernel, name: str, tensor: torch.Tensor) -> bool:
+    """Whether the installed CUDA kernel `kernel` runs op `name` on `tensor` (warns once where it is missing)."""
     choice = kernel_choice()
     if choice == "torch" or not tensor.is_cuda:
         return False
@@ -73,7 +105,8 @@ def _no_grad_needed(*tensors) -> bool:
 
 
 def _csrc_fn(name: str, tensor: torch.Tensor, *others):
-    """The csrc kernel `name`_{cpu,cuda} for tensor's device when csrc is selected, built and no grad is needed."""
+    """The csrc kernel `name`_{cpu,cuda} for tensor's device when csrc is selected, built and no grad is needed
+    (the kernels have no backward): the one gate every csrc op passes."""
     if tensor.device.type not in ("cpu", "cuda") or not _no_grad_needed(tensor, *others):
         return None
     if kernel_choice() == "mamba_ssm" or not csrc_available():
@@ -87,14 +120,15 @@ def _csrc_fn(name: str, tensor: torch.Tensor, *others):
 
 
 def csrc_available() -> bool:
-    """Whether the project's CPU kernels are selected and built (HYBRID_KERNELS=csrc insists on them)."""
+    """Whether the project's CPU kernels are selected and built (a choice of "csrc" insists on them)."""
     choice = kernel_choice()
     if choice not in ("auto", "csrc"):
         return False
     from . import csrc
     ok = csrc.extension() is not None
     if choice == "csrc" and not ok:
-        raise RuntimeError("HYBRID_KERNELS=csrc but hybrid._C could not be built (see the warning above)")
+        raise RuntimeError("the csrc backend is selected (HYBRID_KERNELS=csrc or use('csrc')) but hybrid._C could "
+                           "not be built (see the warning above)")
     return ok
 
 
@@ -104,14 +138,8 @@ def fused_mamba2_step(xBC, conv_state, conv_w, conv_b, dt, dt_bias, A, D, ssm_st
     xBC [b, C] pre-conv; conv_state [b, C, K] and ssm_state [b, H, P, N] (fp32) are advanced in place.
     Returns y [b, H, P] (before the gated norm).
     """
-    if xBC.device.type not in ("cpu", "cuda") or not csrc_available():
-        return None
-    if not (xBC.dtype == conv_state.dtype == conv_w.dtype == dt.dtype):  # e.g. under autocast: the torch path
-        return None
-    from . import csrc
-    ext = csrc.extension()
-    fn = ext.mamba2_step_cpu if xBC.device.type == "cpu" else getattr(ext, "mamba2_step_cuda", None)
-    if fn is None:
+    fn = _csrc_fn("mamba2_step", xBC, conv_w, conv_b, dt, dt_bias, A, D)
+    if fn is None or not (xBC.dtype == conv_state.dtype == conv_w.dtype == dt.dtype):  # e.g. autocast: torch path
         return None
     return fn(xBC.contiguous(), conv_state, conv_w.contiguous(), conv_b, dt.contiguous(), dt_bias, A, D, ssm_state,
               n_kv, d_xb)
@@ -123,7 +151,7 @@ def fused_mamba1_step(x, conv_state, conv_w, conv_b, delta, A, B, C, D, ssm_stat
     x [b, Di] pre-conv; conv_state [b, Di, K] and ssm_state [b, Di, N] (fp32) advance in place; B [b, GB, N] and
     C [b, GC, N] are read per channel group in place. Returns y [b, Di] (before the gate).
     """
-    fn = _csrc_fn("mamba1_step", x, conv_w, delta, A, B, C, D)
+    fn = _csrc_fn("mamba1_step", x, conv_w, conv_b, delta, A, B, C, D)
     if fn is None or not conv_state.is_contiguous() or ssm_state.dtype != torch.float32:
         return None
     if not (x.dtype == conv_state.dtype == conv_w.dtype == B.dtype == C.dtype):
@@ -134,7 +162,7 @@ def fused_mamba1_step(x, conv_state, conv_w, conv_b, delta, A, B, C, D, ssm_stat
 
 def ssd_scan(x, dt, A, B, C, D=None, chunk_size=128, initial_state=None, seq_idx=None):
     """Mamba2 scan; see ssd.ssd_chunked for shapes. Returns (y, final_state fp32)."""
-    if _use(_mamba_chunk_scan, "mamba_ssm.mamba_chunk_scan_combined", x):
+    if _on_cuda(_mamba_chunk_scan, "mamba_ssm.mamba_chunk_scan_combined", x):
         y, final = _mamba_chunk_scan(
             x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state,
             seq_idx=None if seq_idx is None else seq_idx.to(torch.int32), return_final_states=True,
@@ -149,7 +177,7 @@ def ssd_scan(x, dt, A, B, C, D=None, chunk_size=128, initial_state=None, seq_idx
 
 def scan_mamba1(u, delta, A, B, C, D=None, initial_state=None, seq_idx=None):
     """Mamba1 scan; see selective_scan.selective_scan. The CUDA kernel has no initial state or seq_idx."""
-    if initial_state is None and seq_idx is None and _use(_mamba_selective_scan, "mamba_ssm.selective_scan_fn", u):
+    if initial_state is None and seq_idx is None and _on_cuda(_mamba_selective_scan, "mamba_ssm.selective_scan_fn", u):
         y, last = _mamba_selective_scan(
             rearrange(u, "b t d -> b d t").contiguous(), rearrange(delta, "b t d -> b d t").contiguous(),
             A.float(), rearrange(B, "b t g n -> b g n t").contiguous(), rearrange(C, "b t g n -> b g n t").contiguous(),
@@ -161,7 +189,7 @@ def scan_mamba1(u, delta, A, B, C, D=None, initial_state=None, seq_idx=None):
 
 def conv1d(x, weight, bias=None, initial_state=None, seq_idx=None, activation=None):
     """Causal depthwise conv; see conv1d.causal_conv1d. x [b, T, C]."""
-    if _use(_cuda_conv1d, "causal_conv1d_fn", x) and initial_state is None:
+    if _on_cuda(_cuda_conv1d, "causal_conv1d_fn", x) and initial_state is None:
         y = _cuda_conv1d(
             rearrange(x, "b t c -> b c t"), weight, bias,
             seq_idx=None if seq_idx is None else seq_idx.to(torch.int32), activation=activation,

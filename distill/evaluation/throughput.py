@@ -3,9 +3,9 @@
     hybrid-distill bench throughput --models smollm2-135m smollm2-135m@attn=0.25 smollm2-135m@attn=0 \\
         --batch 1 16 --prompt-len 256 --gen-len 256 --context 512 2048 4096 --out runs/bench
 
-A model spec is anything `load_pretrained` reads, optionally with `@attn=R`: the model converted on the fly to a
-hybrid keeping a fraction R of its layers as attention (uniform selection, transfer-initialised weights: enough
-for speed). Every model runs through the same engine (hybrid/generation.py), so the teacher is the fair
+A model spec is anything `distill.loading.load_model` reads, `@attn=R` included: the model converted on the fly
+to a hybrid keeping a fraction R of its layers as attention (uniform selection, transfer-initialised weights:
+enough for speed). Every model runs through the same engine (hybrid/generation.py), so the teacher is the fair
 baseline; the teacher also runs through HF `generate()` (the baseline users know).
 
 Order of work for each model: a correctness gate (engine greedy == HF greedy on the first tokens; a model that
@@ -16,36 +16,66 @@ mixer states) by this machine's measured copy bandwidth. Results: bench.json, be
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import platform
 import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
+import transformers
 from transformers import GenerationMixin
 
-from hybrid import load_pretrained
+from hybrid.checkpoints import is_hybrid_dir
 from hybrid.generation import SamplingParams, StaticDecodeStep, generate, resolve_decode, static_cache
+from hybrid.ops import backends
 from hybrid.prepack import prepacked_linears
 
+from ..loading import load_model
 
-def load_spec(spec: str, need_tokenizer: bool = False, dtype=None):
-    """(model, tokenizer, label) for `path[@attn=R]`, in `dtype` (None: as stored, float32 for GGUF)."""
-    base, _, opt = spec.partition("@")
-    model, tok = load_pretrained(base, dtype=dtype)
-    if need_tokenizer and tok is None:
-        raise ValueError(f"{base} has no tokenizer; evaluation needs one")
-    if opt:
-        if not opt.startswith("attn="):
-            raise ValueError(f"model spec {spec!r}: the only option is @attn=<ratio>")
-        from ..conversion.transfer import hybridize
-        from ..conversion.select import uniform_attention_layers
-        ratio = float(opt[len("attn="):])
-        n = model.config.num_hidden_layers
-        model = hybridize(model, uniform_attention_layers(n, ratio)).eval()
-    model.requires_grad_(False)
-    return model, tok, spec
+
+@dataclass
+class ThroughputSettings:
+    """What one `bench throughput` run measures; the CLI and the pipeline's bench stage each build one.
+
+    kernels: backend settings to run every hybrid under, side by side (e.g. ["torch", "csrc"], see
+    hybrid.ops.backends.use); None: as configured.
+    dtype: load every model in this dtype (e.g. "bfloat16"); None: as stored.
+    decode: engine decode steps to run every model with (e.g. ["eager", "graph"]); None: "auto" alone.
+    prepack: engine linear settings to run every model with, "on" / "off" (hybrid.prepack); None: the default.
+    interleave: time the context rows of all models together, a step of each in turn (time_contexts_interleaved;
+    every model stays loaded), instead of model after model.
+    """
+    models: list[str]
+    out: str
+    batch: list[int] = field(default_factory=lambda: [1, 16])
+    prompt_len: int = 256
+    gen_len: int = 256
+    context: list[int] = field(default_factory=list)
+    context_batch: int = 16
+    context_steps: int = 8
+    hf_baseline: bool = True
+    kernels: list[str] | None = None
+    dtype: str | None = None
+    decode: list[str] | None = None
+    prepack: list[str] | None = None
+    interleave: bool = False
+
+    def __post_init__(self):
+        for p in self.prepack or []:
+            if p not in ("on", "off"):
+                raise ValueError(f"prepack={p!r}: each setting is 'on' or 'off'")
+
+
+class _Run(NamedTuple):
+    """One model under one setting: a row label of its own."""
+    spec: str
+    kernels: str | None
+    decode: str | None
+    prepack: str | None
 
 
 def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 5, device="cpu") -> float:
@@ -85,6 +115,11 @@ def step_bytes(model, batch: int, context: int) -> int:
                 (mix.headdim if kind == "mamba2" else 1)
             total += 2 * batch * (conv * el + ssm * 4)  # states are fp32
     return total
+
+
+def _roofline_ms(model, batch: int, context: int, env: dict) -> float:
+    """The decode step's time if it only had to read step_bytes at the measured copy bandwidth."""
+    return 1000 * step_bytes(model, batch, context) / (env["copy_bandwidth_GBps"] * 1e9)
 
 
 def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
@@ -193,130 +228,149 @@ def _context_stepper(model, batch, context, steps, seed, decode, dev):
     return mode, step
 
 
+def _kernels(kernels: str | None):
+    """The block runs under backend setting `kernels` (hybrid.ops.backends.use); None: as configured."""
+    return backends.use(kernels) if kernels is not None else contextlib.nullcontext()
+
+
 @torch.no_grad()
 def time_contexts_interleaved(entries, batch, context, steps=8, seed=0) -> dict:
     """Time per output token at `context` for several models, one decode step of each in turn, so drift of the
     machine's speed over minutes lands on every model alike (timing the models one after another puts it between
-    them). entries: {label: (model, kernels, decode, prepack)}, kernels the HYBRID_KERNELS setting to step it under.
-    Returns {label: row fields}."""
-    import contextlib
+    them). entries: {label: (model, kernels, decode, prepack)}, kernels the backend setting to step it under
+    (hybrid.ops.backends.use; None: as configured). Returns {label: row fields}."""
     with contextlib.ExitStack() as stack:
         steppers = {}
         for label, (model, kernels, decode, prepack) in entries.items():
-            if kernels is not None:
-                os.environ["HYBRID_KERNELS"] = kernels
             dev = next(model.parameters()).device
             packed = stack.enter_context(prepacked_linears(model, prepack))
-            mode, step = _context_stepper(model, batch, context, steps, seed, decode or "auto", dev)
+            with _kernels(kernels):
+                mode, step = _context_stepper(model, batch, context, steps, seed, decode or "auto", dev)
             steppers[label] = (kernels, mode, step, "onednn-packed" if packed else "aten")
         times = {label: [] for label in steppers}
         for s in range(steps):
             for label, (kernels, _, step, _) in steppers.items():
-                if kernels is not None:
-                    os.environ["HYBRID_KERNELS"] = kernels
-                times[label].append(step(s))
+                with _kernels(kernels):
+                    times[label].append(step(s))
     return {label: {"tpot_ms": 1000 * sorted(times[label])[steps // 2], "decode": mode, "linear": linear,
                     "interleaved": True} for label, (_, mode, _, linear) in steppers.items()}
 
 
 def environment() -> dict:
-    import transformers
-
-    from hybrid.ops.backends import active_backend
     return {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
             "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "mixer_backend": active_backend("cuda" if torch.cuda.is_available() else "cpu")}
+            "mixer_backend": backends.active_backend("cuda" if torch.cuda.is_available() else "cpu")}
 
 
-def run_throughput(specs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline=True, context_batch=16,
-                   context_steps=8, kernels=None, dtype=None, decode=None, prepack=None, interleave=False) -> dict:
-    """kernels: HYBRID_KERNELS settings to run every hybrid under (e.g. ["torch", "csrc"]); None: as configured.
-    dtype: load every model in this dtype (e.g. "bfloat16"); None: as stored.
-    decode: engine decode steps to run every model with (e.g. ["eager", "graph"]); None: "auto" alone.
-    prepack: engine linear settings to run every model with, "on" / "off" (hybrid.prepack); None: the default.
-    interleave: time the context rows of all models together, a step of each in turn (time_contexts_interleaved;
-    every model stays loaded), instead of model after model."""
-    for p in prepack or []:
-        if p not in ("on", "off"):
-            raise ValueError(f"prepack={p!r}: each setting is 'on' or 'off'")
+def run_throughput(settings: ThroughputSettings) -> dict:
+    """Gate and time every model of `settings` under each of its settings (kernels x decode x prepack); writes
+    bench.json and bench.csv (after every model, so an interrupted run keeps what it measured), bench.png, and
+    prints the ratio table. Returns {"environment": ..., "results": rows}."""
+    s = settings
+    os.makedirs(s.out, exist_ok=True)
+    env = _environment(s.dtype)
+    rows: list[dict] = []
+    kept: dict = {}  # label -> (model, kernels, decode, prepack): the models whose context rows are timed interleaved
+    for run in _runs(s):
+        _measure(run, s, env, rows, kept)
+    if kept:
+        _interleaved_rows(kept, s, env, rows)
+    result = {"environment": env, "results": rows}
+    _write(s.out, result)
+    plot_throughput(result, os.path.join(s.out, "bench.png"))
+    print(ratio_table(result))
+    return result
+
+
+def _runs(s: ThroughputSettings) -> list[_Run]:
+    """Every (model, setting) pair to time; kernel settings apply to hybrids only (a plain model has no mixer)."""
     runs = []
-    for spec in specs:
-        ks = kernels if kernels and ("@" in spec or _is_hybrid_path(spec)) else [None]
-        runs += [(spec, k, d, p) for k in ks for d in (decode or [None]) for p in (prepack or [None])]
-    return _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps,
-                dtype, interleave)
+    for spec in s.models:
+        ks = s.kernels if s.kernels and ("@" in spec or _is_hybrid_path(spec)) else [None]
+        runs += [_Run(spec, k, d, p) for k in ks for d in (s.decode or [None]) for p in (s.prepack or [None])]
+    return runs
 
 
 def _is_hybrid_path(spec: str) -> bool:
-    from hybrid.checkpoints import is_hybrid_dir
     return os.path.isdir(spec) and is_hybrid_dir(spec)
 
 
-def _run(runs, batches, prompt_len, gen_len, contexts, out_dir, hf_baseline, context_batch, context_steps,
-         dtype=None, interleave=False) -> dict:
-    os.makedirs(out_dir, exist_ok=True)
+def _environment(dtype: str | None) -> dict:
+    """The machine, the libraries and the copy bandwidth the roofline column divides by; printed."""
     env = environment()
     env["dtype"] = dtype or "as stored"
     env["copy_bandwidth_GBps"] = copy_bandwidth(device="cuda" if torch.cuda.is_available() else "cpu") / 1e9
     print("environment:", json.dumps(env))
-    rows = []
-    kept = {}  # label -> (model, kernels, decode, prepack): the models whose context rows are timed interleaved
-    for spec, kernels, decode, prepack in runs:
-        if kernels is not None:
-            os.environ["HYBRID_KERNELS"] = kernels
-        model, tok, label = load_spec(spec, dtype=dtype)
-        tags = [x for x in (kernels, decode, prepack and f"prepack {prepack}") if x is not None]
-        prepack = None if prepack is None else prepack == "on"
-        if tags:
-            label = f"{label} [{', '.join(tags)}]"
-        decode = decode or "auto"
+    return env
+
+
+def _measure(run: _Run, s: ThroughputSettings, env: dict, rows: list, kept: dict) -> None:
+    """Load, gate and time one run under its backend setting, appending its rows; with s.interleave the model is
+    kept in `kept` for its context rows instead."""
+    with _kernels(run.kernels):
+        model, tok, label = load_model(run.spec, dtype=s.dtype)
+        tags = [x for x in (run.kernels, run.decode, run.prepack and f"prepack {run.prepack}") if x is not None]
+        label = f"{label} [{', '.join(tags)}]" if tags else label
+        decode, prepack = run.decode or "auto", None if run.prepack is None else run.prepack == "on"
         if torch.cuda.is_available():
             model = model.cuda()
-        try:
-            resolve_decode(model, decode, next(model.parameters()).device)
-        except ValueError as e:  # e.g. graph on a CPU, or a sliding-window model: say so, go on with the others
-            print(f"{label}: skipped: {e}")
-            rows.append({"model": label, "skipped": str(e)})
-            continue
-        ok, how = correctness_gate(model, tok, decode=decode)
-        print(f"{label}: correctness gate (engine greedy == HF greedy): {'pass' if ok else 'FAIL'} ({how})")
-        if not ok:
-            rows.append({"model": label, "gate": "fail", "gate_detail": how})
-            continue
+        if not _passes(model, tok, label, decode, rows):
+            return
         time_engine(model, 2, 16, 4, decode=decode, prepack=prepack)  # warm-up
-        for b in batches:
-            r = {"model": label, "mode": "generate", "batch": b, "prompt_len": prompt_len, "gen_len": gen_len,
-                 "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-                 **time_engine(model, b, prompt_len, gen_len, decode=decode, prepack=prepack)}
-            r["roofline_ms"] = 1000 * step_bytes(model, b, prompt_len + gen_len // 2) / (env["copy_bandwidth_GBps"] * 1e9)
-            if hf_baseline and getattr(model.config, "model_type", None) != "hybrid":
-                r["hf_tokens_per_s"] = time_hf(model, b, prompt_len, gen_len)["tokens_per_s"]
+        rows += _generate_rows(model, label, s, env, decode, prepack)
+        if s.interleave:
+            kept[label] = (model, run.kernels, decode, prepack)
+            return
+        for c in s.context:
+            r = {"model": label, "mode": "context", "batch": s.context_batch, "context": c,
+                 **time_context(model, s.context_batch, c, s.context_steps, decode=decode, prepack=prepack),
+                 "roofline_ms": _roofline_ms(model, s.context_batch, c, env)}
             rows.append(r)
             print(json.dumps(r))
-        if interleave:
-            kept[label] = (model, kernels, decode, prepack)
-            continue
-        for c in contexts:
-            r = {"model": label, "mode": "context", "batch": context_batch, "context": c,
-                 **time_context(model, context_batch, c, context_steps, decode=decode, prepack=prepack)}
-            r["roofline_ms"] = 1000 * step_bytes(model, context_batch, c) / (env["copy_bandwidth_GBps"] * 1e9)
+    _write(s.out, {"environment": env, "results": rows})  # after every model: an interrupted run keeps these
+
+
+def _passes(model, tok, label: str, decode: str, rows: list) -> bool:
+    """Whether the model runs with `decode` here and passes the correctness gate; a row saying why not otherwise
+    (e.g. graph on a CPU, or a sliding-window model: said, and the others go on)."""
+    try:
+        resolve_decode(model, decode, next(model.parameters()).device)
+    except ValueError as e:
+        print(f"{label}: skipped: {e}")
+        rows.append({"model": label, "skipped": str(e)})
+        return False
+    ok, how = correctness_gate(model, tok, decode=decode)
+    print(f"{label}: correctness gate (engine greedy == HF greedy): {'pass' if ok else 'FAIL'} ({how})")
+    if not ok:
+        rows.append({"model": label, "gate": "fail", "gate_detail": how})
+    return ok
+
+
+def _generate_rows(model, label: str, s: ThroughputSettings, env: dict, decode: str, prepack) -> list[dict]:
+    """One generate row per batch size: engine throughput, roofline, and the HF baseline for plain models."""
+    rows = []
+    for b in s.batch:
+        r = {"model": label, "mode": "generate", "batch": b, "prompt_len": s.prompt_len, "gen_len": s.gen_len,
+             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+             **time_engine(model, b, s.prompt_len, s.gen_len, decode=decode, prepack=prepack)}
+        r["roofline_ms"] = _roofline_ms(model, b, s.prompt_len + s.gen_len // 2, env)
+        if s.hf_baseline and getattr(model.config, "model_type", None) != "hybrid":
+            r["hf_tokens_per_s"] = time_hf(model, b, s.prompt_len, s.gen_len)["tokens_per_s"]
+        rows.append(r)
+        print(json.dumps(r))
+    return rows
+
+
+def _interleaved_rows(kept: dict, s: ThroughputSettings, env: dict, rows: list) -> None:
+    """The context rows of all kept models, timed a step of each in turn; written after each context length."""
+    for c in s.context:
+        for label, timed in time_contexts_interleaved(kept, s.context_batch, c, s.context_steps).items():
+            r = {"model": label, "mode": "context", "batch": s.context_batch, "context": c, **timed,
+                 "roofline_ms": _roofline_ms(kept[label][0], s.context_batch, c, env)}
             rows.append(r)
             print(json.dumps(r))
-        del model
-        _write(out_dir, {"environment": env, "results": rows})  # after every model: an interrupted run keeps these
-    for c in contexts if kept else []:
-        for label, timed in time_contexts_interleaved(kept, context_batch, c, context_steps).items():
-            r = {"model": label, "mode": "context", "batch": context_batch, "context": c, **timed,
-                 "roofline_ms": 1000 * step_bytes(kept[label][0], context_batch, c) / (env["copy_bandwidth_GBps"] * 1e9)}
-            rows.append(r)
-            print(json.dumps(r))
-        _write(out_dir, {"environment": env, "results": rows})
-    result = {"environment": env, "results": rows}
-    _write(out_dir, result)
-    plot_throughput(result, os.path.join(out_dir, "bench.png"))
-    print(ratio_table(result))
-    return result
+        _write(s.out, {"environment": env, "results": rows})
 
 
 def _write(out_dir: str, result: dict) -> None:
@@ -362,7 +416,7 @@ def ratio_table(result: dict) -> str:
 
 
 def plot_throughput(result: dict, path: str) -> None:
-    import matplotlib
+    import matplotlib  # start-up time: only the plot needs it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [r for r in result["results"] if "mode" in r]
@@ -386,138 +440,3 @@ def plot_throughput(result: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-OP_SHAPES = {"smollm2-135m": (9, 3, 64), "llama-3.2-3b": (24, 8, 128)}  # (heads, kv heads, head_dim = d_state)
-
-
-def _time(fn, reps: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _compare(rows, op, shape, batch, ref, fast, reps, atol=1e-4, **extra):
-    """Gate (fast == ref on the same inputs), then best-of-reps timings of both; appends and prints the row."""
-    a, b = ref(), fast()
-    a, b = (a[0], b[0]) if isinstance(a, (tuple, list)) else (a, b)
-    ok = torch.allclose(a.float(), b.float(), atol=atol, rtol=1e-4)
-    row = {"op": op, "shape": shape, "batch": batch, **extra, "gate": "pass" if ok else "FAIL"}
-    if ok:
-        t_ref, t_fast = _time(ref, reps), _time(fast, reps)
-        row.update({"torch_us": 1e6 * t_ref, "csrc_us": 1e6 * t_fast, "speedup": t_ref / t_fast})
-    rows.append(row)
-    print(json.dumps(row))
-
-
-def run_ops(batches=(1, 16, 64), reps: int = 20, out_dir: str | None = None, scan_len: int = 2048,
-            scan_batches=(1, 4)) -> list[dict]:
-    """The project's kernels (csrc) against their PyTorch twins at real mixer shapes: the fused Mamba2 and Mamba1
-    decode steps at `batches`, and the prefill ops (Mamba2 scan, causal conv1d) at T = scan_len, `scan_batches`."""
-    from hybrid.ops import csrc
-    from hybrid.ops.backends import active_backend
-    ext = csrc.extension()
-    print("environment:", json.dumps({**environment(), "csrc_built": ext is not None, "backend": active_backend()}))
-    if ext is None:
-        print("hybrid._C is not built here: nothing to compare")
-        return []
-    import torch.nn.functional as F
-
-    from hybrid.ops.conv1d import causal_conv1d, causal_conv1d_update
-    from hybrid.ops.selective_scan import selective_state_step
-    from hybrid.ops.ssd import ssd_chunked, ssd_step
-    rows = []
-    for name, (H, kv, P) in OP_SHAPES.items():
-        K, d_xb = 4, kv * P
-        C = 2 * d_xb + H * P
-        for b in batches:
-            g = torch.Generator().manual_seed(0)
-            xBC, w, bias = torch.randn(b, C, generator=g), torch.randn(C, K, generator=g), torch.randn(C, generator=g)
-            dt, dt_bias = torch.randn(b, H, generator=g), torch.randn(H, generator=g)
-            A, D = -torch.rand(H), torch.randn(H)
-            conv0, ssm0 = torch.randn(b, C, K, generator=g), torch.randn(b, H, P, P, generator=g)
-
-            def ref(conv=conv0.clone(), ssm=ssm0.clone()):
-                a = causal_conv1d_update(xBC, conv, w, bias, "silu")
-                x, B, Cm = torch.split(a, [d_xb, d_xb, H * P], dim=-1)
-                x = x.view(b, kv, P).repeat_interleave(H // kv, 1)
-                B = B.view(b, kv, P).repeat_interleave(H // kv, 1)
-                y, new = ssd_step(ssm, x, F.softplus(dt + dt_bias), A, B, Cm.view(b, H, P), D)
-                ssm.copy_(new)
-                return y
-
-            def fused(conv=conv0.clone(), ssm=ssm0.clone()):
-                return ext.mamba2_step_cpu(xBC, conv, w, bias, dt, dt_bias, A, D, ssm, kv, d_xb)
-
-            _compare(rows, "mamba2_decode_step", name, b, ref, fused, reps)
-            # Mamba1 (MambaInLlama layout): d_inner = H * P channels, d_state 16, B grouped per kv head
-            Di, N = H * P, 16
-            x1, delta = torch.randn(b, Di, generator=g), torch.rand(b, Di, generator=g) * 0.1
-            A1, D1 = -torch.rand(Di, N, generator=g), torch.randn(Di, generator=g)
-            B1, C1 = torch.randn(b, Di // N // (H // kv), N, generator=g), torch.randn(b, Di // N, N, generator=g)
-            w1, b1 = torch.randn(Di, K, generator=g), torch.randn(Di, generator=g)
-            c1, h1 = torch.randn(b, Di, K, generator=g), torch.randn(b, Di, N, generator=g)
-
-            def ref1(conv=c1.clone(), h=h1.clone()):
-                u = causal_conv1d_update(x1, conv, w1, b1, "silu")
-                y, new = selective_state_step(h, u, delta, A1, B1, C1, D1)
-                h.copy_(new)
-                return y
-
-            def fused1(conv=c1.clone(), h=h1.clone()):
-                return ext.mamba1_step_cpu(x1, conv, w1, b1, delta, A1, B1, C1, D1, h)[0]
-
-            _compare(rows, "mamba1_decode_step", name, b, ref1, fused1, reps)
-        for b in scan_batches:
-            g = torch.Generator().manual_seed(1)
-            T = scan_len
-            x = torch.randn(b, T, H, P, generator=g)
-            dts = torch.rand(b, T, H, generator=g) * 0.1
-            Bs, Cs = torch.randn(b, T, kv, P, generator=g), torch.randn(b, T, kv, P, generator=g)
-            A, D = -torch.rand(H, generator=g), torch.randn(H, generator=g)
-            _compare(rows, "ssd_scan_prefill", name, b, lambda: ssd_chunked(x, dts, A, Bs, Cs, D, 128),
-                     lambda: ext.ssd_scan_cpu(x, dts, A, Bs, Cs, D, None, None), max(2, reps // 5), atol=1e-3, T=T)
-            xc, wc, bc = torch.randn(b, T, C, generator=g), torch.randn(C, K, generator=g), torch.randn(C, generator=g)
-            _compare(rows, "conv1d_prefill", name, b, lambda: causal_conv1d(xc, wc, bc, activation="silu"),
-                     lambda: ext.causal_conv1d_cpu(xc, wc, bc, None, None, True), max(2, reps // 5), T=T)
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "ops.json"), "w") as f:
-            json.dump(rows, f, indent=1)
-    return rows
-
-
-def run_sampler(batch: int = 16, vocab: int = 49152, reps: int = 20) -> list[dict]:
-    """`hybrid-distill bench sampler`: the engine's sampler vs `reference_sample`, median ms per call, on random
-    logits scaled to a peaked and a flat next-token distribution. Gate: both draw only tokens the other's
-    distribution allows (the engine's candidates are tested against the definition in tests/test_sampling.py)."""
-    from hybrid.generation import reference_sample, sample, sample_candidates
-    rows = []
-    g = torch.Generator().manual_seed(0)
-    for shape, scale in (("peaked", 4.0), ("flat", 0.5)):
-        logits = torch.randn(batch, vocab, generator=g) * scale
-        for p in (SamplingParams(temperature=0.7), SamplingParams(temperature=0.7, top_p=0.95)):
-            probs, ids = sample_candidates(logits, p)
-            allowed = torch.zeros(batch, vocab, dtype=torch.bool).scatter_(-1, ids, probs > 0)
-            ok = all(bool(allowed.gather(-1, f(logits, p, g)[:, None]).all()) for f in (sample, reference_sample))
-
-            def median(fn):
-                ts = []
-                for _ in range(reps):
-                    t0 = time.perf_counter()
-                    fn()
-                    ts.append(time.perf_counter() - t0)
-                return 1000 * sorted(ts)[reps // 2]
-            row = {"distribution": shape, "temperature": p.temperature, "top_p": p.top_p, "batch": batch,
-                   "vocab": vocab, "gate": "pass" if ok else "FAIL"}
-            if ok:
-                row["reference_ms"] = median(lambda: reference_sample(logits, p, g))
-                row["engine_ms"] = median(lambda: sample(logits, p, g))
-                row["speedup"] = row["reference_ms"] / row["engine_ms"]
-            rows.append(row)
-            print(json.dumps(row))
-    return rows
