@@ -5,7 +5,7 @@ accelerate, PEFT and lm-eval treat it like any causal LM. An attention layer *is
 class, built from the teacher's config. A mixer layer keeps that layer's norms, MLP and residual structure and
 holds the mixer under the name `mamba` (the key layout of released MambaInLlama / M1 checkpoints).
 
-Exactness contracts (tests/test_model.py): all-attention hybrid == teacher; cached decoding == full forward;
+Exactness contracts (tests/hybrid/test_model.py): all-attention hybrid == teacher; cached decoding == full forward;
 a left-padded row == that row alone; packed documents (position_ids restarting at 0, no mask, no cache, as in
 training) == the documents run separately, in mixer layers too.
 """

@@ -14,7 +14,7 @@ here: run the benchmark to see).
 Every nn.Linear on the CPU is packed on entry of `prepacked_linears` (so it uses the current weights: a GRPO
 rollout after an optimizer step packs the new ones) and restored on exit; nothing persists, nothing is written
 to the model's parameters. The packed op has no backward, so a call with gradients enabled takes `F.linear`.
-Results equal `F.linear` up to float rounding (another summation order; tests/test_prepack.py).
+Results equal `F.linear` up to float rounding (another summation order; tests/hybrid/test_prepack.py).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from .kernels import median_seconds
 def run_sampler(batch: int = 16, vocab: int = 49152, reps: int = 20) -> list[dict]:
     """The engine's sampler vs `reference_sample`, median ms per call, on random logits scaled to a peaked and a
     flat next-token distribution. Gate: both draw only tokens the other's distribution allows (the engine's
-    candidates are tested against the definition in tests/test_sampling.py)."""
+    candidates are tested against the definition in tests/hybrid/test_sampling.py)."""
     rows = []
     g = torch.Generator().manual_seed(0)
     for shape, scale in (("peaked", 4.0), ("flat", 0.5)):

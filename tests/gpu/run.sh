@@ -22,8 +22,8 @@ ext = csrc.extension()
 print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.version.cuda)
 print("built", ext, "cuda step:", hasattr(ext, "mamba2_step_cuda"), f"in {time.time() - t0:.0f}s")
 PY
-timeout 240 python3 -m pytest -q tests/test_gpu.py tests/test_csrc.py tests/test_csrc_scan.py tests/test_ops.py \
-  tests/test_vllm_plugin.py > "$OUT/tests.log" 2>&1  # the vLLM serving test runs only where vllm is installed
+timeout 240 python3 -m pytest -q tests/gpu/test_gpu.py tests/csrc/test_csrc.py tests/csrc/test_csrc_scan.py tests/hybrid/ops/test_ops.py \
+  tests/hybrid/test_vllm_plugin.py > "$OUT/tests.log" 2>&1  # the vLLM serving test runs only where vllm is installed
 python3 tests/gpu/make_teacher.py "$OUT/teacher" > "$OUT/teacher.log" 2>&1
 timeout 300 python3 -m distill.cli bench throughput --models "$OUT/teacher" "$OUT/teacher@attn=0.25" "$OUT/teacher@attn=0" \
   --batch 1 16 64 --prompt-len 256 --gen-len 256 --context 2048 8192 --context-batch 16 --decode eager graph \

@@ -108,11 +108,11 @@ def test_mamba1_layout_for_vllm_kernels_matches_our_mixer():
     assert_close(ssm_state, cache.get_recurrent_state(0), atol=1e-5, what="state in place")
 
 
-needs_vllm_gpu = pytest.mark.skipif(importlib.util.find_spec("vllm") is None or not torch.cuda.is_available(),
-                                    reason="serving test: needs vLLM and a CUDA GPU")
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="serving test: needs vLLM")
 
 
-@needs_vllm_gpu
+@pytest.mark.gpu
+@needs_vllm
 @pytest.mark.parametrize("mixer,family", [("mamba2", "llama"), ("mamba", "llama"), ("mamba2", "qwen3")])
 def test_vllm_greedy_equals_ours(tmp_path, mixer, family):
     from vllm import LLM, SamplingParams

@@ -97,7 +97,7 @@ def profiles_of(folder):
 
 
 def test_every_recipe_validates_and_broken_ones_name_file_key_value(tmp_path):
-    folders = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(HERE, "..", "recipes", "*", "distill.yaml"))})
+    folders = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(HERE, "..", "..", "recipes", "*", "distill.yaml"))})
     assert len(folders) >= 6
     for folder in folders:  # loading validates (distill.recipe.validate_recipe), under every profile
         for profile in [None, *profiles_of(folder)]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import assert_close, tiny_teacher
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (see tests/gpu/run.sh)")
+pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

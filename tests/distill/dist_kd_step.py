@@ -9,7 +9,11 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)
+# test_training beside it, helpers in tests/, and the repository first: a regular package there wins over the
+# namespace folders tests/distill and tests/hybrid
+sys.path[:0] = [os.path.dirname(TESTS), HERE, TESTS]
 from helpers import tiny_teacher  # noqa: E402
 from test_training import tiny_rows  # noqa: E402
 

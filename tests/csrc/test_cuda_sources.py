@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-CSRC = os.path.join(os.path.dirname(__file__), "..", "csrc", "cuda")
+CSRC = os.path.join(os.path.dirname(__file__), "..", "..", "csrc", "cuda")
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine")

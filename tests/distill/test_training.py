@@ -171,8 +171,8 @@ def test_recipe_errors_name_file_key_and_value(tmp_path):
     r = load_recipe(str(good), profile="demo", overrides=["kd.lr=0.5"])
     assert r.kd.steps == 1 and r.kd.lr == 0.5
     for path in ("recipes/smollm2-135m/distill.yaml",):
-        load_recipe(os.path.join(HERE, "..", path))
-        load_recipe(os.path.join(HERE, "..", path), profile="demo")
+        load_recipe(os.path.join(HERE, "..", "..", path))
+        load_recipe(os.path.join(HERE, "..", "..", path), profile="demo")
 
 
 def test_distill_pipeline_runs_and_resumes(tmp_path):
