@@ -58,17 +58,10 @@ def _claim(args, out: str, inputs=(), resume: bool = False, file: bool = False):
         yield
         return
     check_out(out, inputs, resume=resume, overwrite=getattr(args, "overwrite", False))
-    lock_at = out
-    if file:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        lock_at = os.path.abspath(out) + ".d"  # a file's lock lives in a sibling folder named after it
-    else:
+    if not file:
         mark(out, args.command)
-    with RunLock(lock_at, command=" ".join(sys.argv)):
+    with RunLock(out, command=" ".join(sys.argv), file=file):
         yield
-    if file:
-        with contextlib.suppress(OSError):
-            os.rmdir(lock_at)
 
 
 def cmd_convert(args) -> int:

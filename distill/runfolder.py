@@ -5,7 +5,7 @@ time, and a record of the recipe that actually ran.
   command's local inputs is refused (writing it would destroy the input); so is a non-empty `--out` unless the
   command resumes (`--resume`) or replaces it (`--overwrite`). `--overwrite` deletes the folder only where this
   project wrote it (it holds MARKER), so a mistyped `--out ~` never removes anything it did not make.
-- `RunLock(out)`: `out/.lock` holds the writer's PID, host and start time; a second run on the same folder stops
+- `RunLock(out)`: `out/.lock` (for a command that writes one file, `out.lock` beside it) holds the writer's PID, host and start time; a second run on the same folder stops
   with a message naming the holder. A lock whose PID is dead on this host is stale and taken over with a warning.
 - `record_recipe(out, recipe, resume, allow_changes)`: the first run writes `recipe.yaml`; a resumed run compares
   the recipe it is given with it and refuses with the changed keys (a resumed optimizer and schedule would keep
@@ -80,7 +80,7 @@ def check_out(out: str, inputs=(), resume: bool = False, overwrite: bool = False
     if os.path.isfile(out):
         os.remove(out)
     elif os.path.isfile(os.path.join(out, MARKER)):
-        lock = read_lock(out)
+        lock = read_lock(lock_path(out))
         if lock is not None and _alive(lock):
             raise RunLocked(f"{out} is in use by {_describe(lock)}: stop that run first")
         shutil.rmtree(out)
@@ -105,8 +105,12 @@ def _now() -> str:
 
 
 # ---------------- the lock ----------------
-def read_lock(out: str) -> dict | None:
-    path = os.path.join(out, LOCK)
+def lock_path(out: str, file: bool = False) -> str:
+    """Where the lock of output `out` lives: inside a folder, beside a file."""
+    return out + LOCK if file else os.path.join(out, LOCK)
+
+
+def read_lock(path: str) -> dict | None:
     try:
         with open(path) as f:
             return json.load(f)
@@ -138,22 +142,22 @@ class RunLock:
 
     _held: dict[str, int] = {}
 
-    def __init__(self, out: str, command: str = ""):
+    def __init__(self, out: str, command: str = "", file: bool = False):
         self.out, self.command = out, command
-        self.path = os.path.join(out, LOCK)
+        self.path = lock_path(out, file)
 
     def __enter__(self):
         key = _real(self.path)
         if key in RunLock._held:
             RunLock._held[key] += 1
             return self
-        os.makedirs(self.out, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": self.command}
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                held = read_lock(self.out)
+                held = read_lock(self.path)
                 if held is None:
                     continue  # released between the two calls
                 if _alive(held):

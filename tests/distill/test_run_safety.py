@@ -273,3 +273,19 @@ def test_out_of_range_flags_are_refused_before_any_work(argv, capsys):
 def test_export_of_a_plain_model_is_an_error_not_a_traceback(tmp_path, teacher_dir, capsys):
     assert main(["export", "--model", str(teacher_dir), "--out", str(tmp_path / "served")]) == 2
     assert "export needs a hybrid" in capsys.readouterr().err
+
+
+def test_a_one_file_output_is_locked_beside_the_file(tmp_path):
+    out = tmp_path / "corpus.jsonl"
+    with RunLock(str(out), file=True):
+        assert json.loads((tmp_path / "corpus.jsonl.lock").read_text())["pid"] == os.getpid()
+    assert os.listdir(tmp_path) == []  # released, and no folder left behind
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "corpus.jsonl.lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+        with pytest.raises(RunLocked, match=f"PID {holder.pid}"):
+            with RunLock(str(out), file=True):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
