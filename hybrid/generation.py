@@ -396,6 +396,32 @@ def _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clo
                             decode_seconds=t2 - t1, decode_mode=mode if step is not None else "eager")
 
 
+def stream_text(model, tokenizer, prompt_ids: list[int], params: SamplingParams | None, write, eos_token_id=None,
+                pad_token_id: int = 0) -> str:
+    """Generate for one prompt (token ids) and call `write(piece)` with each new piece of text as it completes.
+
+    Every step decodes the whole text so far (skip_special_tokens=True) and writes what it adds, except while the
+    text ends in "\ufffd": a character that takes several tokens (a byte-level tokenizer's multi-byte UTF-8) is
+    written once its last token arrives, never as replacement characters. Returns the decoded text of all the
+    tokens generated, which is the written pieces joined unless generation stopped inside a character."""
+    tokens: list[int] = []
+    shown = ""
+
+    def on_step(step, active):
+        nonlocal shown
+        if not active[0]:
+            return
+        tokens.append(step[0])
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            if len(text) > len(shown):
+                write(text[len(shown):])
+            shown = text
+
+    out = generate(model, [prompt_ids], params, eos_token_id=eos_token_id, pad_token_id=pad_token_id, on_step=on_step)
+    return tokenizer.decode(out.sequences[0], skip_special_tokens=True)
+
+
 ENGINE_KWARGS = {"attention_mask", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
                  "pad_token_id"}
 # GenerationConfig fields the engine honours or that do not change the tokens drawn (a config setting anything

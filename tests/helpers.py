@@ -1,7 +1,9 @@
-"""Shared test harness: tiny random teachers of each supported family, and one assert_close."""
+"""Shared test harness: tiny random teachers of each supported family, tiny hybrids built from them through the
+hybrid package alone, and one assert_close."""
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
@@ -54,6 +56,102 @@ def tiny_teacher(family: str = "llama", num_layers: int = 4, seed: int = 0, tie:
             if name.endswith("bias") or "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+HYBRID_FIELDS = ("d_conv", "conv_bias", "chunk_size", "mamba_d_state", "mamba_d_inner", "mamba_dt_rank",
+                 "mamba_norm_eps")
+
+
+@torch.no_grad()
+def tiny_hybrid(family: str = "llama", attn_layers=None, mixer: str = "mamba2", num_layers: int = 4, seed: int = 0,
+                teacher=None, **overrides):
+    """A hybrid of `teacher` (default: `tiny_teacher(family, num_layers, seed)`) keeping attention at `attn_layers`
+    (default: the odd layers) and `mixer` elsewhere, built with the hybrid package only (no distill).
+
+    Everything the hybrid shares with the teacher is the teacher's, copied by key (the hybrid keeps the teacher's
+    names: embeddings, final norm, lm_head, every layer's norms and MLP, the kept layers' self_attn); the mixers keep
+    their default init (no attention -> Mamba transfer: that is distill's, tested in tests/distill/conversion/).
+    `overrides` are HybridConfig fields (chunk_size, mamba_norm_eps, ...) and, without `teacher`, tiny_teacher
+    arguments (tie, ...)."""
+    from hybrid.config import HybridConfig, layer_types_from_attention
+    from hybrid.modeling import HybridForCausalLM
+
+    settings = {k: overrides.pop(k) for k in list(overrides) if k in HYBRID_FIELDS}
+    if teacher is None:
+        teacher = tiny_teacher(family, num_layers=num_layers, seed=seed, **overrides)
+    elif overrides:
+        raise TypeError(f"unknown settings {sorted(overrides)} for a given teacher")
+    n = teacher.config.num_hidden_layers
+    attn = range(1, n, 2) if attn_layers is None else attn_layers
+    config = HybridConfig(teacher_config=copy.deepcopy(teacher.config).to_dict(),
+                          layer_types=layer_types_from_attention(n, attn, mixer), **settings)
+    ref = next(teacher.parameters())
+    model = HybridForCausalLM(config).to(device=ref.device, dtype=ref.dtype)
+    model.config._attn_implementation_internal = teacher.config._attn_implementation  # the tiny teachers: eager
+    model.sync_teacher_attention()
+    keys = model.state_dict().keys()
+    missing, unexpected = model.load_state_dict({k: v for k, v in teacher.state_dict().items() if k in keys},
+                                                strict=False)
+    missing = [k for k in missing if ".mamba." not in k and not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    assert not missing and not unexpected, (missing, unexpected)
+    return model.train(teacher.training)
+
+
+# Released MambaInLlama / M1 checkpoints, written by the tests in the published layout.
+def published_layout(model, variant: str) -> dict[str, torch.Tensor]:
+    """Our hybrid's weights renamed into the published layout of `variant`."""
+    out = {k: v.clone() for k, v in model.state_dict().items()}
+    if variant == "mamba1-fused":
+        for i in model.config.mixer_layers:
+            p = f"model.layers.{i}.mamba."
+            parts = [out.pop(p + n + ".weight") for n in ("in_proj_z", "in_proj_x", "B_proj", "C_proj", "dt_proj_down")]
+            out[p + "in_proj.weight"] = torch.cat(parts, 0)
+        for i in model.config.attention_layers:
+            p = f"model.layers.{i}.self_attn."
+            out[f"model.layers.{i}.mha.in_proj.weight"] = torch.cat([out.pop(p + f"{n}_proj.weight") for n in "qkv"], 0)
+            out[f"model.layers.{i}.mha.out_proj.weight"] = out.pop(p + "o_proj.weight")
+    if model.config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def write_released(folder, model, variant: str, storage: str = "single"):
+    """`model` written into `folder` (a pathlib.Path) as a released MambaInLlama / M1 checkpoint of `variant`
+    ("mamba2", "mamba1", "mamba1-fused") stored as `storage` ("single", "sharded" or "bin"); returns the tensors."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    cfg = model.config
+    t = cfg.teacher_config.to_dict()
+    t["_name_or_path"] = "meta-llama/base-model-we-must-not-download"
+    (folder / "config.json").write_text(json.dumps(t))
+    if variant == "mamba2":
+        mcfg = {"d_model": cfg.hidden_size, "ssm_cfg": {"expand": 1, "ngroups": cfg.num_attention_heads,
+                "d_state": cfg.head_dim}, "rms_norm_eps": 1e-5, "vocab_size": None, "d_inner": cfg.d_inner,
+                "d_xb": cfg.d_xb, "intermediate_size": cfg.teacher_config.intermediate_size, "hidden_act": "silu",
+                "n_layer": cfg.num_hidden_layers, "attn_layers": cfg.attention_layers}
+    else:
+        mcfg = {"d_model": cfg.hidden_size, "ssm_cfg": {"expand": 1}, "rms_norm_eps": 1e-5, "vocab_size": None,
+                "d_inner": None, "d_xb": cfg.d_xb, "intermediate_size": cfg.teacher_config.intermediate_size,
+                "hidden_act": "silu", "n_layer": cfg.num_hidden_layers, "attn_layers": cfg.attention_layers}
+    (folder / "mamba_config.json").write_text(json.dumps(mcfg))
+    tensors = published_layout(model, variant)
+    if storage == "single":
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    elif storage == "sharded":
+        keys = sorted(tensors)
+        halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+                  "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+        for name, ks in halves.items():
+            save_file({k: tensors[k] for k in ks}, folder / name, metadata={"format": "pt"})
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {}, "weight_map": {k: n for n, ks in halves.items() for k in ks}}))
+    else:
+        torch.save(tensors, folder / "pytorch_model.bin")
+    return tensors
 
 
 CHAT_TEMPLATE = (

@@ -2,9 +2,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, tiny_teacher
+from helpers import assert_close, tiny_hybrid
 
-from distill import hybridize
 from hybrid.ops import backends, csrc
 from hybrid.ops.conv1d import causal_conv1d_update
 from hybrid.ops.ssd import ssd_step
@@ -94,7 +93,7 @@ def test_fused_step_rejects_bad_input():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_hybrid_decodes_the_same_with_and_without_the_kernel(dtype):
-    model = hybridize(tiny_teacher("llama"), [1], chunk_size=16).to(dtype)
+    model = tiny_hybrid("llama", [1], chunk_size=16).to(dtype)
     ids = torch.randint(3, 97, (2, 20))
     runs = {}
     for kernels in ("torch", "csrc"):
@@ -115,7 +114,7 @@ def test_hybrid_decodes_the_same_with_and_without_the_kernel(dtype):
 def test_fused_decode_steps_leave_a_step_needing_gradients_to_torch(monkeypatch, mixer):
     """The kernels have no backward: a decode step with gradients to compute runs the torch path (same gate for
     both mixers); without, the fused step runs."""
-    model = hybridize(tiny_teacher("llama"), [1], mixer=mixer, chunk_size=16)
+    model = tiny_hybrid("llama", [1], mixer=mixer, chunk_size=16)
     ids = torch.randint(3, 97, (2, 9))
     calls = []
 
@@ -134,12 +133,3 @@ def test_fused_decode_steps_leave_a_step_needing_gradients_to_torch(monkeypatch,
             model(ids[:, :8], cache=cache, use_cache=True)
             model(ids[:, 8:], cache=cache, use_cache=True).logits.sum()
         assert (step in calls) == (not grad), (grad, calls)
-
-
-def test_ops_benchmark_gates_and_times_every_kernel(tmp_path):
-    import json
-
-    from distill.evaluation.kernels import OP_SHAPES, run_ops
-    rows = run_ops(batches=(1,), reps=1, out_dir=str(tmp_path), scan_len=16, scan_batches=(1,))
-    assert len(rows) == 4 * len(OP_SHAPES) and all(r["gate"] == "pass" and r["speedup"] > 0 for r in rows)
-    assert json.loads((tmp_path / "ops.json").read_text()) == rows

@@ -2,9 +2,8 @@
 against the sequential definitions in hybrid/ops, over awkward shapes, with every output buffer poisoned."""
 import pytest
 import torch
-from helpers import assert_close, tiny_teacher
+from helpers import assert_close, tiny_hybrid
 
-from distill import hybridize
 from hybrid.ops import backends, csrc
 from hybrid.ops.conv1d import causal_conv1d_ref, causal_conv1d_update
 from hybrid.ops.selective_scan import selective_state_step
@@ -153,7 +152,7 @@ def test_bad_input_names_the_argument():
 @pytest.mark.parametrize("mixer", ["mamba2", "mamba"])
 def test_hybrid_prefill_and_decode_agree_across_backends(monkeypatch, mixer):
     """Whole-model logits (packed prefill with documents, then decode) and greedy text: torch vs csrc."""
-    model = hybridize(tiny_teacher("llama"), [1], mixer=mixer, chunk_size=16).eval()
+    model = tiny_hybrid("llama", [1], mixer=mixer, chunk_size=16).eval()
     ids = torch.randint(3, 97, (2, 40))
     pos = torch.cat([torch.arange(15), torch.arange(25)])[None].expand(2, -1)  # two packed documents per row
     calls = {}

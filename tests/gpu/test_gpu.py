@@ -4,7 +4,7 @@ Skipped without a CUDA device; tests/gpu/run.sh runs them on a lent GPU machine.
 """
 import pytest
 import torch
-from helpers import assert_close, tiny_teacher
+from helpers import assert_close, tiny_hybrid, tiny_teacher
 
 pytestmark = pytest.mark.gpu
 
@@ -33,8 +33,7 @@ def test_cuda_fused_step_matches_cpu_kernel(dtype):
 
 
 def test_hybrid_on_cuda_matches_cpu(monkeypatch):
-    from distill import hybridize
-    model = hybridize(tiny_teacher("llama"), [1, 3], chunk_size=16)
+    model = tiny_hybrid("llama", [1, 3], chunk_size=16)
     ids = torch.randint(3, 97, (2, 40))
     with torch.no_grad():
         ref = model(ids).logits
@@ -104,10 +103,11 @@ def test_cuda_conv1d_and_mamba1_step_match_cpu_kernels(dtype):
 def test_cuda_graph_decode_equals_eager(kind):
     """The decode step captured into a CUDA graph and replayed gives the eager engine's tokens (greedy and seeded
     sampling, left-padded rows) and leaves the generation state as the eager step does."""
-    from distill import hybridize
     from hybrid.generation import SamplingParams, generate
-    teacher = tiny_teacher("llama")
-    model = (teacher if kind == "teacher" else hybridize(teacher, [1], mixer=kind, chunk_size=16)).cuda().eval()
+    model = tiny_teacher("llama")
+    if kind != "teacher":
+        model = tiny_hybrid(attn_layers=[1], mixer=kind, teacher=model, chunk_size=16)
+    model = model.cuda().eval()
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [3, 4, 5, 6]]
     for params in (SamplingParams(max_new_tokens=24), SamplingParams(max_new_tokens=24, temperature=1.0, seed=4)):
         eager = generate(model, prompts, params, eos_token_id=[], decode="eager")

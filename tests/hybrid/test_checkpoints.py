@@ -4,18 +4,17 @@ import os
 
 import pytest
 import torch
-from helpers import assert_close, tiny_teacher
+from helpers import assert_close, tiny_hybrid, tiny_teacher
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from distill import hybridize
 from hybrid import HybridConfig, load_pretrained
 
 
 @pytest.mark.parametrize("mixer,tie", [("mamba2", False), ("mamba2", True), ("mamba", False)])
 def test_save_load_round_trip(tmp_path, mixer, tie):
     teacher = tiny_teacher("llama", tie=tie)
-    model = hybridize(teacher, [1], mixer=mixer)
+    model = tiny_hybrid(attn_layers=[1], mixer=mixer, teacher=teacher)
     model.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["model_type"] == "hybrid" and cfg["layer_types"][1] == "attention" and "teacher_config" in cfg
@@ -47,13 +46,13 @@ def test_unknown_layer_type_names_it():
 def test_attention_index_out_of_range_names_it():
     teacher = tiny_teacher("llama")
     with pytest.raises(ValueError, match=r"\[7\] out of range for a 4-layer teacher"):
-        hybridize(teacher, [1, 7])
+        tiny_hybrid(attn_layers=[1, 7], teacher=teacher)
     with pytest.raises(ValueError, match="mixer='mamba3'"):
-        hybridize(teacher, [1], mixer="mamba3")
+        tiny_hybrid(attn_layers=[1], mixer="mamba3", teacher=teacher)
 
 
 def _saved(tmp_path):
-    model = hybridize(tiny_teacher("llama"), [1, 3])
+    model = tiny_hybrid("llama", [1, 3])
     model.save_pretrained(tmp_path)
     return tmp_path / "model.safetensors"
 

@@ -1,17 +1,15 @@
 """Export to GraniteMoeHybrid: transformers' own class reproduces our logits; inexpressible layouts are refused."""
 import pytest
 import torch
-from helpers import assert_close, tiny_teacher
+from helpers import assert_close, tiny_hybrid
 from transformers import GraniteMoeHybridForCausalLM
 
-from distill import hybridize
-from distill.cli import main
 from hybrid.export import export_granitemoehybrid
 
 
 @pytest.mark.parametrize("family,tie", [("llama", False), ("qwen2", True)])
 def test_export_round_trip_matches_transformers(tmp_path, family, tie):
-    ours = hybridize(tiny_teacher(family, tie=tie), [1, 3])  # 50 % Mamba2, GQA 4 query / 2 kv heads
+    ours = tiny_hybrid(family, [1, 3], tie=tie)  # 50 % Mamba2, GQA 4 query / 2 kv heads
     with torch.no_grad():
         for name, p in ours.named_parameters():  # non-trivial conv and gate so that every mapping matters
             if ".mamba." in name:
@@ -30,17 +28,11 @@ def test_export_round_trip_matches_transformers(tmp_path, family, tie):
 
 def test_export_refuses_what_it_cannot_express(tmp_path):
     with pytest.raises(ValueError, match="Mamba1 layers"):
-        export_granitemoehybrid(hybridize(tiny_teacher("llama"), [1], mixer="mamba"), str(tmp_path))
+        export_granitemoehybrid(tiny_hybrid("llama", [1], mixer="mamba"), str(tmp_path))
     with pytest.raises(ValueError, match="q and k"):
-        export_granitemoehybrid(hybridize(tiny_teacher("qwen3"), [1]), str(tmp_path))
+        export_granitemoehybrid(tiny_hybrid("qwen3", [1]), str(tmp_path))
     with pytest.raises(ValueError, match="gated-norm eps"):
-        export_granitemoehybrid(hybridize(tiny_teacher("llama"), [1], mamba_norm_eps=1e-3), str(tmp_path))
+        export_granitemoehybrid(tiny_hybrid("llama", [1], mamba_norm_eps=1e-3), str(tmp_path))
     with pytest.raises(ValueError, match="sliding-window"):
-        export_granitemoehybrid(hybridize(tiny_teacher("mistral"), [1]), str(tmp_path))
+        export_granitemoehybrid(tiny_hybrid("mistral", [1]), str(tmp_path))
 
-
-def test_export_cli(tmp_path):
-    model = hybridize(tiny_teacher("llama"), [1, 3])
-    model.save_pretrained(tmp_path / "h")
-    assert main(["export", "--model", str(tmp_path / "h"), "--to", "granitemoehybrid", "--out", str(tmp_path / "g")]) == 0
-    assert (tmp_path / "g" / "config.json").read_text().count("granitemoehybrid") >= 1

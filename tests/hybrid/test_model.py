@@ -1,17 +1,18 @@
 """Exactness of HybridForCausalLM: against the teacher, cached vs full, padded vs alone, packed vs separate."""
 import pytest
 import torch
-from helpers import FAMILIES, assert_close, tiny_teacher
+from helpers import FAMILIES, assert_close, tiny_hybrid, tiny_teacher
 
-from distill import hybridize
-from distill.conversion.select import uniform_attention_layers
 from hybrid.cache import HybridCache
+
+# Attention layers kept on 4 layers per replaced fraction: the uniform strategy's choice (distill's select.py).
+KEPT = {0.25: [1, 2, 3], 0.5: [1, 3], 1.0: []}
 
 
 def make_hybrid(family="llama", mixer="mamba2", replaced=0.5, num_layers=4, seed=0, **kw):
+    assert num_layers == 4, "KEPT lists the kept layers of 4-layer teachers"
     teacher = tiny_teacher(family, num_layers=num_layers, seed=seed)
-    attn = uniform_attention_layers(num_layers, 1.0 - replaced)
-    hybrid = hybridize(teacher, attn, mixer=mixer, chunk_size=16, **kw)
+    hybrid = tiny_hybrid(attn_layers=KEPT[replaced], mixer=mixer, teacher=teacher, chunk_size=16, **kw)
     # Non-default mixer parameters, so that every term of the recurrence matters.
     torch.manual_seed(seed + 1)
     with torch.no_grad():
@@ -24,7 +25,7 @@ def make_hybrid(family="llama", mixer="mamba2", replaced=0.5, num_layers=4, seed
 @pytest.mark.parametrize("family", FAMILIES)
 def test_all_attention_hybrid_equals_teacher(family):
     teacher = tiny_teacher(family)
-    hybrid = hybridize(teacher, range(teacher.config.num_hidden_layers))
+    hybrid = tiny_hybrid(attn_layers=range(teacher.config.num_hidden_layers), teacher=teacher)
     ids = torch.randint(3, 97, (2, 40))  # longer than mistral's sliding window (16)
     mask = torch.ones_like(ids)
     mask[1, :5] = 0

@@ -1,12 +1,11 @@
 """oneDNN-packed CPU linears (hybrid.prepack): same results as F.linear, current weights, nothing left behind."""
 import pytest
 import torch
-from helpers import assert_close, tiny_teacher
+from helpers import assert_close, tiny_hybrid, tiny_teacher
 from torch import nn
 from transformers import GenerationMixin
 
 import hybrid.prepack as prepack
-from distill import hybridize
 from hybrid.generation import SamplingParams, generate
 
 pytestmark = pytest.mark.skipif(not prepack.op_works(), reason="oneDNN packed linear does not run in this build")
@@ -62,7 +61,7 @@ def test_gradients_inside_the_block_take_f_linear():
 
 
 def test_generation_packs_the_current_weights_each_call(monkeypatch):
-    model = hybridize(tiny_teacher("llama"), [1, 3]).eval()
+    model = tiny_hybrid("llama", [1, 3]).eval()
     calls = []
     real = prepack.packed_linear
     monkeypatch.setattr(prepack, "packed_linear", lambda *a: calls.append(1) or real(*a))
@@ -83,7 +82,7 @@ def test_generation_packs_the_current_weights_each_call(monkeypatch):
 def test_packed_engine_greedy_equals_hf_greedy(kind):
     model = tiny_teacher("llama")
     if kind != "teacher":
-        model = hybridize(model, [0, 2], mixer=kind).eval()
+        model = tiny_hybrid(attn_layers=[0, 2], mixer=kind, teacher=model).eval()
     prompt = [3, 17, 42, 8, 61]
     ref = GenerationMixin.generate(model, torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12,
                                    do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
@@ -125,11 +124,3 @@ def test_nothing_is_packed_where_the_copies_would_not_fit(monkeypatch):
     monkeypatch.setattr(prepack, "available_memory", lambda: 40 << 10)
     with torch.no_grad(), prepack.prepacked_linears(lin) as n:
         assert n == 1
-
-
-def test_linear_benchmark_times_both_paths_on_equal_results(capsys):
-    from distill.evaluation.kernels import LINEAR_SHAPES, run_linears
-    rows = run_linears(rows=2, reps=1)
-    assert [r["shape"] for r in rows] == list(LINEAR_SHAPES)
-    assert all(r["f_linear_us"] > 0 and r["packed_us"] > 0 and r["max_abs_diff"] < 1e-3 for r in rows)
-    assert "oneDNN packed linear works: True" in capsys.readouterr().out

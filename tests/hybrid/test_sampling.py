@@ -4,7 +4,6 @@ import pytest
 import torch
 from helpers import assert_close
 
-from distill.evaluation.sampler import run_sampler
 from hybrid.generation import SamplingParams, _draw, reference_probs, sample, sample_candidates
 
 
@@ -60,7 +59,42 @@ def test_sample_chi_square_on_a_real_sized_vocabulary():
     assert bool(((freq - ref[top]).abs() <= 5 * sd).all()), (freq, ref[top])
 
 
-def test_bench_sampler_gates_and_times_both_samplers(capsys):
-    rows = run_sampler(batch=2, vocab=500, reps=2)
-    assert len(rows) == 4 and all(r["gate"] == "pass" and r["engine_ms"] > 0 and r["reference_ms"] > 0 for r in rows)
-    assert capsys.readouterr().out.count('"gate": "pass"') == 4
+class _ByteTokenizer:
+    """A stub byte-level tokenizer: the i-th generated token is one byte of a UTF-8 text whose characters take
+    1, 2, 3 and 4 bytes in turn (the token's id picks which character), so every character but the ASCII ones
+    takes several tokens and a text cut inside a character decodes to a trailing "\ufffd"."""
+    WIDTHS = (1, 2, 3, 4)
+
+    def decode(self, ids, skip_special_tokens=False):
+        out, j = bytearray(), 0
+        while j < len(ids):
+            for w in self.WIDTHS:
+                for k, t in enumerate(ids[j:j + w]):
+                    if w == 1:
+                        out.append(0x41 + int(t) % 26)  # A-Z
+                    elif k == 0:
+                        out.append({2: 0xC3, 3: 0xE4 + int(t) % 6, 4: 0xF0}[w])  # no overlong, no surrogate
+                    elif w == 4 and k == 1:
+                        out.append(0x90 + int(t) % 48)  # U+10000 and up
+                    else:
+                        out.append(0x80 + int(t) % 64)
+                j += w
+        return out.decode("utf-8", errors="replace")
+
+
+def test_stream_text_writes_whole_characters_only():
+    from helpers import tiny_teacher
+
+    from hybrid.generation import stream_text
+
+    model, tok = tiny_teacher(), _ByteTokenizer()
+    pieces: list[str] = []
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=3)  # 20 tokens: two rounds of 1+2+3+4 bytes
+    text = stream_text(model, tok, [1, 5, 9, 13], params, pieces.append, eos_token_id=[])
+    assert len(text) == 8 and "\ufffd" not in text and any(ord(c) > 0xFFFF for c in text)
+    assert "".join(pieces) == text
+    assert pieces == list(text)  # one piece per character, written when its last token arrived
+    early: list[str] = []  # 5 tokens: stopped inside the 3-byte character, whose start is never written
+    cut = stream_text(model, tok, [1, 5, 9, 13], SamplingParams(max_new_tokens=5, temperature=1.0, seed=3),
+                      early.append, eos_token_id=[])
+    assert cut.endswith("\ufffd") and "".join(early) == cut[:-1] == text[:2]

@@ -7,16 +7,14 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, tiny_teacher, tiny_tokenizer
+from helpers import assert_close, tiny_hybrid, tiny_tokenizer
 
-from distill import hybridize
 from hybrid import vllm_plugin
 from hybrid.cache import HybridCache
 
 
 def make_hybrid(mixer: str, family: str = "llama"):
-    teacher = tiny_teacher(family, num_layers=4)
-    model = hybridize(teacher, [1, 3], mixer=mixer, chunk_size=16).eval()
+    model = tiny_hybrid(family, [1, 3], mixer=mixer, num_layers=4, chunk_size=16).eval()
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -1,0 +1,100 @@
+"""`hybrid-distill bench throughput | sampler | ops | linear`: decode throughput of teachers and hybrids
+(distill.evaluation.throughput), the engine's sampler (distill.evaluation.sampler), the kernels and the packed
+linears (distill.evaluation.kernels)."""
+from __future__ import annotations
+
+from .args import add_command, claim, out_flags, positive
+
+
+def add_parser(subparsers) -> None:
+    b = add_command(subparsers, "bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    _throughput_flags(add_command(bsub, "throughput", help="decode throughput of teachers and hybrids, side by side"))
+    bs = add_command(bsub, "sampler", help="the engine's sampler against the sampler by its definition (multinomial)")
+    bs.add_argument("--batch", type=positive, default=16)
+    bs.add_argument("--vocab", type=positive, default=49152)
+    bs.add_argument("--reps", type=positive, default=20)
+    bs.set_defaults(func=main)
+    bo = add_command(bsub, "ops", help="the project's kernels against their PyTorch twins, at real mixer shapes")
+    bo.add_argument("--batch", nargs="+", type=positive, default=[1, 16, 64])
+    bo.add_argument("--reps", type=positive, default=20)
+    bo.add_argument("--scan-len", type=positive, default=2048, help="sequence length of the prefill ops")
+    bo.add_argument("--scan-batch", nargs="+", type=positive, default=[1, 4], help="batches of the prefill ops")
+    bo.add_argument("--out", default=None)
+    out_flags(bo)
+    bo.set_defaults(func=main)
+    bl = add_command(bsub, "linear",
+                     help="F.linear against oneDNN-packed weights at SmolLM2-135M's shapes (hybrid.prepack)")
+    bl.add_argument("--rows", type=positive, default=16, help="input rows (the decode batch)")
+    bl.add_argument("--reps", type=positive, default=40)
+    bl.set_defaults(func=main)
+
+
+def _throughput_flags(bt) -> None:
+    bt.add_argument("--models", nargs="+", required=True, help="specs; append @attn=R to convert on the fly")
+    bt.add_argument("--batch", nargs="+", type=positive, default=[1, 16])
+    bt.add_argument("--prompt-len", type=positive, default=256)
+    bt.add_argument("--gen-len", type=positive, default=256)
+    bt.add_argument("--context", nargs="*", type=positive, default=[], help="context lengths for time-per-token")
+    bt.add_argument("--context-batch", type=positive, default=16)
+    bt.add_argument("--context-steps", type=positive, default=8)
+    bt.add_argument("--no-hf", action="store_true", help="skip the HF generate() baseline")
+    bt.add_argument("--kernels", nargs="+", default=None, choices=["torch", "csrc", "mamba_ssm", "auto"],
+                    help="run every hybrid under each kernel backend (hybrid.ops.backends.use), side by side")
+    bt.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="load every model in this dtype (default: as stored)")
+    bt.add_argument("--decode", nargs="+", default=None, choices=["auto", "eager", "static", "graph"],
+                    help="run every model with each of these engine decode steps (graph: CUDA graphs, CUDA only); "
+                         "default auto alone (graph on CUDA where it applies)")
+    bt.add_argument("--prepack", nargs="+", default=None, choices=["on", "off"],
+                    help="run every model with its CPU linear layers on oneDNN-packed weights (on) and/or on "
+                         "F.linear (off), side by side; default: on for CPU models (hybrid.prepack)")
+    bt.add_argument("--interleave", action="store_true",
+                    help="time the --context rows of all models together, one decode step of each in turn (all "
+                         "models stay loaded), so drift of the machine's speed lands on every model alike")
+    bt.add_argument("--out", default="runs/bench")
+    out_flags(bt)
+    bt.set_defaults(func=main)
+
+
+def main(args) -> int:
+    return {"throughput": _throughput, "sampler": _sampler, "ops": _ops, "linear": _linear}[args.bench](args)
+
+
+def _throughput(args) -> int:
+    from ..evaluation.throughput import ThroughputSettings, run_throughput
+
+    settings = ThroughputSettings(models=args.models, out=args.out, batch=args.batch, prompt_len=args.prompt_len,
+                                  gen_len=args.gen_len, context=args.context or [], context_batch=args.context_batch,
+                                  context_steps=args.context_steps, hf_baseline=not args.no_hf, kernels=args.kernels,
+                                  dtype=args.dtype, decode=args.decode, prepack=args.prepack,
+                                  interleave=args.interleave)
+    with claim(args, args.out, [m.split("@")[0] for m in args.models]):
+        run_throughput(settings)
+    print(f"-> {args.out}/bench.json, bench.csv, bench.png")
+    return 0
+
+
+def _sampler(args) -> int:
+    from ..evaluation.sampler import run_sampler
+
+    run_sampler(args.batch, args.vocab, args.reps)
+    return 0
+
+
+def _ops(args) -> int:
+    from ..evaluation.kernels import run_ops
+
+    if not args.out:
+        run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch)
+        return 0
+    with claim(args, args.out):
+        run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch)
+    return 0
+
+
+def _linear(args) -> int:
+    from ..evaluation.kernels import run_linears
+
+    run_linears(args.rows, args.reps)
+    return 0
