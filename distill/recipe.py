@@ -61,6 +61,16 @@ class KDRecipe(TrainArgs):
     temperature: float = 1.0
     alpha: float = 0.5
     train: str = "mixers+mlp"
+    loss_chunk: int | None = 1024  # token rows per chunk of the vocabulary loss (losses.VocabLoss); null: all at once
+    teacher_dtype: str | None = None  # the frozen teacher's forward in this dtype (a copy), e.g. bfloat16; null: as is
+    teacher_packed: bool = False  # the frozen teacher's CPU linears on oneDNN-packed weights, packed once a stage
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_chunk is not None and (not isinstance(self.loss_chunk, int) or self.loss_chunk < 1):
+            raise ValueError(f"kd.loss_chunk={self.loss_chunk!r} must be a positive integer or null")
+        if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"kd.teacher_dtype={self.teacher_dtype!r} is not one of float32, bfloat16, float16, null")
 
 
 @dataclass

@@ -3,7 +3,9 @@
 - The loss of an optimizer step is the token mean over the *global* batch: micro-batch losses come as (sum,
   count); counts are summed over accumulation steps and processes first, so 2 processes x accum 1 equals
   1 process x accum 2 on the same rows (tested).
-- Clipping, linear warmup then cosine decay to `min_lr_ratio`, fp32 on CPU and bf16 autocast on CUDA.
+- Clipping, linear warmup then cosine decay to `min_lr_ratio`; bf16 autocast on CUDA and on CPUs whose bf16 GEMMs
+  measure faster than float32 ones (`resolve_precision`), float32 elsewhere; master weights and optimizer state
+  stay float32.
 - tqdm progress with loss and tokens/s; metrics to `metrics.jsonl` (and TensorBoard when installed).
 - Checkpoints every `save_every` steps, written to a temporary folder and renamed, then named in `latest`:
   an interrupted write never replaces a good checkpoint. `resume=True` restores model, optimizer, scheduler, RNG
@@ -32,6 +34,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from hybrid.prepack import packed_training_linears
+
 from .conversion.losses import target_mask
 from .data import RowLoader
 
@@ -54,8 +58,10 @@ class TrainArgs:
     save_every: int = 0  # 0: only at the end
     log_every: int = 10
     seed: int = 0
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (auto: bf16 where its GEMMs beat float32's)
     keep_checkpoints: int = 1
+    compile: bool = False  # torch.compile the module's forward (nn.Module.compile: parameter names unchanged)
+    packed_linears: bool = False  # CPU float32: linears on packed weights (hybrid.prepack.packed_training_linears)
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -234,6 +240,28 @@ def _check_trainer_state(st, where: str) -> None:
         raise CheckpointError(f"{where}: rng state lacks the python tuple or the torch tensor")
 
 
+def resolve_precision(mixed_precision: str) -> str:
+    """accelerate's mixed_precision for a TrainArgs setting: `auto` is bf16 on CUDA, and on the CPU where
+    oneDNN has bf16 kernels and a bf16 GEMM measures faster than a float32 one (distill.flops.gemm_peak), else
+    no (float32)."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    if torch.cuda.is_available():
+        return "bf16"
+    return "bf16" if cpu_bf16_wins() else "no"
+
+
+def cpu_bf16_wins() -> bool:
+    """Whether bf16 GEMMs beat float32 ones on this CPU (oneDNN's bf16 support, then a measurement, once).
+    HYBRID_CPU_BF16=0 says no without measuring (the test suite runs in float32 on every CPU)."""
+    if os.environ.get("HYBRID_CPU_BF16", "") == "0":
+        return False
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False
+    from .flops import gemm_peak
+    return gemm_peak(torch.bfloat16) > 1.2 * gemm_peak(torch.float32)
+
+
 def process_state():
     """accelerate's process state; on a machine without CUDA it joins the CPU (gloo) group that `accelerate launch
     --multi_gpu` starts, which a bare PartialState() would not (each process would think it is alone)."""
@@ -247,15 +275,21 @@ class Trainer:
     loss_step(module, batch) -> (loss summed over counted tokens, {name: detached part sums}).
     count_fn(batch) -> number of tokens that loss sums over (default: targets, labels[:, 1:] != -100).
     eval_fn(module) -> {metric: float}, run on every process (it may use collective ops) every eval_every steps.
+    flops_per_token: model FLOPs of one step per input token (distill.flops); with it, each logged record carries
+    `mfu`, the model FLOPs per second over this machine's measured GEMM peak for the step's dtype.
     """
 
     def __init__(self, module: torch.nn.Module, loss_step, train_rows, args: TrainArgs, out_dir: str,
-                 eval_fn=None, name: str = "train", accelerator: Accelerator | None = None, count_fn=None):
+                 eval_fn=None, name: str = "train", accelerator: Accelerator | None = None, count_fn=None,
+                 flops_per_token: float | None = None):
         self.args, self.out_dir, self.name = args, out_dir, name
-        mp = args.mixed_precision
-        if mp == "auto":
-            mp = "bf16" if torch.cuda.is_available() else "no"
-        self.acc = accelerator or Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+        mp = resolve_precision(args.mixed_precision)
+        # bf16 needs no loss scaling: this trainer's own autocast runs it, so trainers of both precisions can live in
+        # one process (accelerate keeps one process-wide precision); fp16 goes through accelerate's scaler.
+        self.autocast_dtype = torch.bfloat16 if mp == "bf16" and accelerator is None else None
+        self.acc = accelerator or Accelerator(mixed_precision="no" if self.autocast_dtype else mp,
+                                              cpu=not torch.cuda.is_available())
+        self.flops_per_token = flops_per_token
         self.loss_step, self.eval_fn = loss_step, eval_fn
         self.count_fn = count_fn or count_targets
         params = [p for p in module.parameters() if p.requires_grad]
@@ -265,6 +299,8 @@ class Trainer:
         no_decay = [p for p in params if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+        if args.compile:
+            module.compile()
         self.module, self.opt = self.acc.prepare(module, opt)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(args))
         self.loader = RowLoader(train_rows, args.batch_size, seed=args.seed, rank=self.acc.process_index,
@@ -408,7 +444,7 @@ class Trainer:
         loss_sum, parts_sum = torch.zeros((), device=dev), {}
         for i, batch in enumerate(micro):
             ctx = self.acc.no_sync(self.module) if i < len(micro) - 1 else _null()
-            with ctx, self.acc.autocast():
+            with ctx, self._autocast():
                 s, parts = self.loss_step(self.module, batch)
                 self.acc.backward(s * scale)
             loss_sum += s.detach().float()
@@ -426,12 +462,33 @@ class Trainer:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
-        out = {"loss": loss, "tokens": total.item(), "lr": self.sched.get_last_lr()[0]}
+        out = {"loss": loss, "tokens": total.item(), "lr": self.sched.get_last_lr()[0],
+               "model_tokens": sum(b["input_ids"].numel() for b in micro) * self.acc.num_processes}
         if gnorm is not None:
             out["grad_norm"] = float(gnorm)
         for k, v in parts_sum.items():
             out[k] = (self.acc.reduce(v, reduction="sum") / total).item()
         return out
+
+    def _autocast(self):
+        if self.autocast_dtype is not None:
+            return torch.autocast(self.acc.device.type, dtype=self.autocast_dtype)
+        return self.acc.autocast()
+
+    def step_dtype(self) -> torch.dtype:
+        """The dtype the step's GEMMs run in: the autocast dtype, else the trained parameters'."""
+        if self.autocast_dtype is not None:
+            return self.autocast_dtype
+        mp = self.acc.mixed_precision
+        if mp in ("bf16", "fp16"):
+            return torch.bfloat16 if mp == "bf16" else torch.float16
+        return next(p for p in self.module.parameters() if p.requires_grad).dtype
+
+    def mfu(self, model_tokens_per_s: float) -> float:
+        """Model FLOPs utilisation at this input-token rate (all processes together, one device each)."""
+        from .flops import gemm_peak
+        peak = gemm_peak(self.step_dtype(), self.acc.device) * self.acc.num_processes
+        return self.flops_per_token * model_tokens_per_s / peak
 
     def run(self, resume: bool = False, stop_after: int | None = None) -> dict:
         """Train to args.steps (from the latest checkpoint if resume). stop_after: raise StopRequested after that
@@ -444,7 +501,11 @@ class Trainer:
         done_now = 0
         bar = tqdm(total=self.args.steps, initial=self.step, desc=self.name, disable=not self.acc.is_main_process,
                    dynamic_ncols=True)
-        t0, tokens = time.perf_counter(), 0.0
+        t0, tokens, model_tokens = time.perf_counter(), 0.0, 0.0
+        with packed_training_linears(self.module, enabled=self.args.packed_linears):
+            return self._loop(bar, t0, tokens, model_tokens, done_now, stop_after)
+
+    def _loop(self, bar, t0: float, tokens: float, model_tokens: float, done_now: int, stop_after) -> dict:
         while self.step < self.args.steps:
             position, rng = self.loader.position, _rng_state()
             try:
@@ -461,11 +522,15 @@ class Trainer:
                 raise
             done_now += 1
             tokens += rec["tokens"]
-            tps = tokens / max(1e-9, time.perf_counter() - t0)
+            model_tokens += rec["model_tokens"]
+            elapsed = max(1e-9, time.perf_counter() - t0)
+            speed = {"tokens_per_s": tokens / elapsed, "model_tokens_per_s": model_tokens / elapsed}
+            if self.flops_per_token:
+                speed["mfu"] = self.mfu(model_tokens / elapsed)
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tps:.0f}")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{speed['tokens_per_s']:.0f}")
             if self.step % self.args.log_every == 0 or self.step == self.args.steps:
-                self._log({"step": self.step, "stage": self.name, **rec, "tokens_per_s": tps})
+                self._log({"step": self.step, "stage": self.name, **rec, **speed})
             if self.args.eval_every and self.step % self.args.eval_every == 0 and self.step < self.args.steps:
                 self.evaluate()
             if self.args.save_every and self.step % self.args.save_every == 0:

@@ -112,11 +112,77 @@ def prepacked_linears(model: nn.Module, enabled: bool | None = None):
             warnings.warn(f"not packing linear weights for oneDNN: the copies need {need / 2**30:.1f} GiB and "
                           f"{avail / 2**30:.1f} GiB is available; using F.linear", stacklevel=3)
         mods = []
+    with _forwards(mods, _PackedForward) as n:
+        yield n
+
+
+@contextlib.contextmanager
+def _forwards(mods: list, make):
+    """Give each module of `mods` the instance forward make(module) for the block; restored on exit."""
     try:
         for m in mods:
-            m.forward = _PackedForward(m)
+            m.forward = make(m)
         yield len(mods)
     finally:
         for m in mods:
             vars(m).pop("forward", None)
 
+
+
+# ---- training: the same packed products inside autograd ----
+class _Packs:
+    """A linear weight packed for oneDNN as used forward ([out, in]) and for the input gradient ([in, out]),
+    repacked only when the weight has changed since (an optimizer step bumps its version counter)."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight, self.key, self.packed = weight, None, None
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.weight
+        key = (w.data_ptr(), w._version)
+        if key != self.key:
+            d = w.detach()
+            self.packed, self.key = (d.to_mkldnn(), d.t().contiguous().to_mkldnn()), key
+        return self.packed
+
+
+class PackedLinearFunction(torch.autograd.Function):
+    """F.linear whose forward and input-gradient products run on oneDNN-packed weights; the weight gradient
+    (x^T g) stays an aten product. Equal to F.linear in values and gradients up to float rounding."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, packs):
+        ctx.save_for_backward(x)
+        ctx.packs, ctx.has_bias = packs, bias is not None
+        return packed_linear(x, packs.get()[0], bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        g = grad.contiguous()
+        gx = packed_linear(g, ctx.packs.get()[1], None) if ctx.needs_input_grad[0] else None
+        g2 = g.reshape(-1, g.shape[-1])
+        gw = g2.t().mm(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+        gb = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
+
+
+class _PackedTrainForward:
+    def __init__(self, module: nn.Linear):
+        self.module, self.packs = module, _Packs(module.weight)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        if x.dtype != m.weight.dtype or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+            return F.linear(x, m.weight, m.bias)
+        return PackedLinearFunction.apply(x, m.weight, m.bias, self.packs)
+
+
+@contextlib.contextmanager
+def packed_training_linears(model: nn.Module, enabled: bool = True):
+    """Inside this block every packable nn.Linear of `model` trains through PackedLinearFunction: forward and
+    input-gradient products on packed weights, repacked after each change of the weight. Outside autocast and
+    on the CPU only; anything else takes F.linear. Yields the number of layers switched."""
+    mods = [m for m in model.modules() if _packable(m)] if enabled and op_works() else []
+    with _forwards(mods, _PackedTrainForward) as n:
+        yield n

@@ -1,7 +1,13 @@
 """Shared by every test folder: tests/ is on the import path (pytest puts a conftest's folder there), so every test
 imports `helpers`; and the declared `gpu` marker skips its tests, with the reason, where there is no CUDA device."""
+import os
+
 import pytest
 import torch
+
+# Training's mixed_precision="auto" picks bf16 on CPUs whose bf16 GEMMs measure faster; the suite's numerics are
+# float32 on every machine.
+os.environ.setdefault("HYBRID_CPU_BF16", "0")
 
 
 def pytest_collection_modifyitems(config, items):

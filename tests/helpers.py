@@ -195,3 +195,14 @@ def no_host_reads():
     finally:
         for n, f in saved.items():
             setattr(torch.Tensor, n, f)
+
+
+def tiny_rows(n_docs=48, seed=0, seq_len=32):
+    """Packed training rows of random documents of 5-19 tokens over the tiny vocabulary (distill.data.pack)."""
+    from distill.data import pack  # here: hybrid-level tests import this module without distill
+    g = torch.Generator().manual_seed(seed)
+    docs = []
+    for _ in range(n_docs):
+        d = torch.randint(3, 97, (int(torch.randint(5, 20, (1,), generator=g)),), generator=g).tolist()
+        docs.append((d, d))
+    return pack(docs, seq_len, pad_id=0)

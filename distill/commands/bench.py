@@ -1,6 +1,6 @@
-"""`hybrid-distill bench throughput | sampler | ops | linear`: decode throughput of teachers and hybrids
-(distill.evaluation.throughput), the engine's sampler (distill.evaluation.sampler), the kernels and the packed
-linears (distill.evaluation.kernels)."""
+"""`hybrid-distill bench throughput | train | sampler | ops | linear`: decode throughput of teachers and hybrids
+(distill.evaluation.throughput), the speed of a training step (distill.evaluation.training), the engine's sampler
+(distill.evaluation.sampler), the kernels and the packed linears (distill.evaluation.kernels)."""
 from __future__ import annotations
 
 from .args import add_command, claim, out_flags, positive
@@ -10,6 +10,7 @@ def add_parser(subparsers) -> None:
     b = add_command(subparsers, "bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
     _throughput_flags(add_command(bsub, "throughput", help="decode throughput of teachers and hybrids, side by side"))
+    _train_flags(add_command(bsub, "train", help="tokens/s, MFU and memory of one training step, levers side by side"))
     bs = add_command(bsub, "sampler", help="the engine's sampler against the sampler by its definition (multinomial)")
     bs.add_argument("--batch", type=positive, default=16)
     bs.add_argument("--vocab", type=positive, default=49152)
@@ -43,9 +44,11 @@ def _throughput_flags(bt) -> None:
                     help="run every hybrid under each kernel backend (hybrid.ops.backends.use), side by side")
     bt.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="load every model in this dtype (default: as stored)")
-    bt.add_argument("--decode", nargs="+", default=None, choices=["auto", "eager", "static", "graph"],
-                    help="run every model with each of these engine decode steps (graph: CUDA graphs, CUDA only); "
-                         "default auto alone (graph on CUDA where it applies)")
+    bt.add_argument("--decode", nargs="+", default=None, choices=["auto", "eager", "static", "graph", "compiled"],
+                    help="run every model with each of these engine decode steps (graph: CUDA graphs, CUDA only; "
+                         "compiled: the static step through torch.compile, compiled once per model, batch and cache "
+                         "length, compile time reported apart, linears unpacked); default auto alone (graph on CUDA "
+                         "where it applies)")
     bt.add_argument("--prepack", nargs="+", default=None, choices=["on", "off"],
                     help="run every model with its CPU linear layers on oneDNN-packed weights (on) and/or on "
                          "F.linear (off), side by side; default: on for CPU models (hybrid.prepack)")
@@ -58,7 +61,8 @@ def _throughput_flags(bt) -> None:
 
 
 def main(args) -> int:
-    return {"throughput": _throughput, "sampler": _sampler, "ops": _ops, "linear": _linear}[args.bench](args)
+    return {"throughput": _throughput, "train": _train, "sampler": _sampler, "ops": _ops,
+            "linear": _linear}[args.bench](args)
 
 
 def _throughput(args) -> int:
@@ -97,4 +101,37 @@ def _linear(args) -> int:
     from ..evaluation.kernels import run_linears
 
     run_linears(args.rows, args.reps)
+    return 0
+
+
+def _train_flags(bt) -> None:
+    bt.add_argument("--model", required=True, help="the student: a spec, e.g. smollm2-135m@attn=0.5")
+    bt.add_argument("--teacher", default=None, help="kd: the teacher spec (default: --model without @attn=)")
+    bt.add_argument("--stage", choices=["kd", "sft", "grpo"], default="kd")
+    bt.add_argument("--batch", type=positive, default=8)
+    bt.add_argument("--seq-len", type=positive, default=512)
+    bt.add_argument("--steps", type=positive, default=3, help="timed optimizer steps per variant")
+    bt.add_argument("--warmup", type=int, default=1, help="untimed first steps per variant")
+    bt.add_argument("--variants", nargs="+", default=["fp32"],
+                    help="levers joined by '+': fp32|bf16, teacher-bf16, teacher-packed, chunked, packed, compile")
+    bt.add_argument("--train", default="all", choices=["mixers", "mixers+mlp", "all"], help="kd: what trains")
+    bt.add_argument("--loss-chunk", type=positive, default=1024, help="token rows per chunk of the chunked loss")
+    bt.add_argument("--seed", type=int, default=0)
+    bt.add_argument("--out", default="runs/bench-train")
+    out_flags(bt)
+    bt.set_defaults(func=main)
+
+
+def _train(args) -> int:
+    from ..evaluation.training import TrainBenchSettings, run_train_bench, train_table
+
+    settings = TrainBenchSettings(model=args.model, out=args.out, teacher=args.teacher, stage=args.stage,
+                                  batch=args.batch, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup,
+                                  variants=args.variants, train=args.train, loss_chunk=args.loss_chunk,
+                                  seed=args.seed)
+    inputs = [args.model.split("@")[0]] + ([args.teacher.split("@")[0]] if args.teacher else [])
+    with claim(args, args.out, inputs):
+        result = run_train_bench(settings)
+    print(train_table(result))
+    print(f"-> {args.out}/bench_train.json, bench_train.csv, bench_train.md, bench_train.png")
     return 0

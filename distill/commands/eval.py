@@ -17,7 +17,9 @@ def add_parser(subparsers) -> None:
     e.add_argument("--out-json", default=None, help="also write the comparison rows here (compare)")
     e.add_argument("--model", help="model spec (accuracy)")
     e.add_argument("--models", nargs="+", help="model specs (time-budget)")
-    e.add_argument("--tasks", default="synthetic:test", help="synthetic:test, long:test[:tokens=N] (long reasoning), recall:test[:distance=N] (recall probe), a GSM8K/MATH .jsonl, or a HF id")
+    e.add_argument("--tasks", default="synthetic:test",
+                   help="synthetic:test, long:test[:tokens=N] (long reasoning), recall:test[:distance=N] (recall "
+                        "probe), a GSM8K/MATH .jsonl, or a HF id")
     e.add_argument("--n", type=positive, default=None, help="number of problems")
     e.add_argument("--samples", type=positive, default=4)
     e.add_argument("--max-new-tokens", type=positive, default=256)

@@ -91,10 +91,12 @@ def get_loss(name: str) -> Callable:
         raise ValueError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}") from None
 
 
-def combined_loss(weights: dict, temperature: float = 1.0, alpha: float = 0.5):
+def combined_loss(weights: dict, temperature: float = 1.0, alpha: float = 0.5, chunk: int | None = None):
     """A function (student_logits, teacher_logits, labels) -> (weighted sum over tokens, token count, parts).
 
     `weights` maps registered loss names to weights, e.g. {"kl": 1.0} or {"reverse_kl": 1.0, "ce": 0.1}.
+    chunk: compute every term `chunk` token rows at a time (VocabLoss: the same values and gradients, without
+    [tokens x vocab] float32 copies of both models' logits); None: the definitions above, all rows at once.
     """
     if not weights:
         raise ValueError("loss weights are empty; name at least one of " + ", ".join(sorted(LOSSES)))
@@ -102,6 +104,8 @@ def combined_loss(weights: dict, temperature: float = 1.0, alpha: float = 0.5):
     for name, w in weights.items():
         if not isinstance(w, (int, float)) or w < 0:
             raise ValueError(f"loss weight {name}={w!r} must be a non-negative number")
+    if chunk is not None:
+        return _chunked(weights, temperature, alpha, chunk)
 
     def loss(student_logits, teacher_logits, labels):
         total, count, parts = 0.0, None, {}
@@ -111,5 +115,106 @@ def combined_loss(weights: dict, temperature: float = 1.0, alpha: float = 0.5):
             count = n
             parts[name] = s.detach()
         return total, count, parts
+
+    return loss
+
+
+# ---- the same losses, a chunk of token rows at a time ----
+# Every registered loss is a combination of three per-token terms: forward KL and reverse KL at the temperature,
+# and cross-entropy on the labels. VocabLoss computes their masked sums over [rows, vocab] logits `chunk` rows at a
+# time in float32, saves only its inputs (in their own dtype, bf16 under autocast) and recomputes each chunk's
+# softmax in backward from the closed-form gradients:
+#   forward KL T^2 KL(p || q):  dL/ds = T (q - p)                       p = softmax(t / T), q = softmax(s / T)
+#   reverse KL T^2 KL(q || p):  dL/ds = T q (log q - log p - KL(q || p))
+#   cross-entropy -log r[y]:    dL/ds = r - onehot(y)                   r = softmax(s)
+_TERMS = {"kl": (1.0, 0.0, 0.0), "forward_kl": (1.0, 0.0, 0.0), "reverse_kl": (0.0, 1.0, 0.0), "ce": (0.0, 0.0, 1.0)}
+
+
+def _terms(name: str, alpha: float) -> tuple[float, float, float]:
+    return (alpha, 1.0 - alpha, 0.0) if name == "mixed_kl" else _TERMS[name]
+
+
+def _log_probs(s, t, temperature: float):
+    return F.log_softmax(s.float() / temperature, dim=-1), F.log_softmax(t.float() / temperature, dim=-1)
+
+
+def _chunk_values(s, t, y, temperature: float, need) -> list:
+    """Per-row [forward KL, reverse KL, CE] of one chunk; None where not needed."""
+    values = [None, None, None]
+    if need[0] or need[1]:
+        log_q, log_p = _log_probs(s, t, temperature)
+        if need[0]:
+            values[0] = (log_p.exp() * (log_p - log_q)).sum(-1) * temperature ** 2
+        if need[1]:
+            values[1] = (log_q.exp() * (log_q - log_p)).sum(-1) * temperature ** 2
+    if need[2]:
+        values[2] = F.cross_entropy(s.float(), y.clamp(min=0), reduction="none")
+    return values
+
+
+def _chunk_grad(s, t, y, temperature: float, need, grad) -> torch.Tensor:
+    """d(grad . [forward KL, reverse KL, CE]) / ds per row of one chunk, float32."""
+    g = torch.zeros(s.shape, dtype=torch.float32, device=s.device)
+    if need[0] or need[1]:
+        log_q, log_p = _log_probs(s, t, temperature)
+        q = log_q.exp()
+        if need[0]:
+            g += grad[0] * temperature * (q - log_p.exp())
+        if need[1]:
+            diff = log_q - log_p
+            kl = (q * diff).sum(-1, keepdim=True)
+            g += grad[1] * temperature * q * (diff - kl)
+    if need[2]:
+        r = F.softmax(s.float(), dim=-1)
+        r.scatter_add_(-1, y.clamp(min=0).unsqueeze(-1), torch.full((r.shape[0], 1), -1.0, device=s.device))
+        g += grad[2] * r
+    return g
+
+
+class VocabLoss(torch.autograd.Function):
+    """(s [N, V], t [N, V] or None, y [N], w [N] float32, temperature, need, chunk) -> [3] float32: the sums over
+    rows of w * (forward KL, reverse KL, CE); terms not in `need` are 0 and get no gradient."""
+
+    @staticmethod
+    def forward(ctx, s, t, y, w, temperature, need, chunk):
+        out = torch.zeros(3, dtype=torch.float32, device=s.device)
+        for i in range(0, s.shape[0], chunk):
+            part = slice(i, i + chunk)
+            values = _chunk_values(s[part], None if t is None else t[part], y[part], temperature, need)
+            for k, v in enumerate(values):
+                if v is not None:
+                    out[k] += (v * w[part]).sum()
+        ctx.save_for_backward(s, t, y, w)
+        ctx.temperature, ctx.need, ctx.chunk = temperature, need, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        s, t, y, w = ctx.saved_tensors
+        out = torch.empty_like(s)
+        for i in range(0, s.shape[0], ctx.chunk):
+            part = slice(i, i + ctx.chunk)
+            g = _chunk_grad(s[part], None if t is None else t[part], y[part], ctx.temperature, ctx.need, grad)
+            out[part] = (g * w[part].unsqueeze(-1)).to(s.dtype)
+        return out, None, None, None, None, None, None
+
+
+def _chunked(weights: dict, temperature: float, alpha: float, chunk: int):
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"loss chunk={chunk!r} must be a positive number of token rows")
+    coef = {name: _terms(name, alpha) for name in weights}
+    need = tuple(any(c[k] != 0 for c in coef.values()) for k in range(3))  # every part is reported
+
+    def loss(student_logits, teacher_logits, labels):
+        b, T, V = student_logits.shape
+        y = torch.full_like(labels, IGNORE)
+        y[:, :-1] = labels[:, 1:]  # row t predicts labels[t + 1]; the last row of each sequence predicts nothing
+        y = y.reshape(-1)
+        w = (y != IGNORE).float()
+        t = None if teacher_logits is None else teacher_logits.reshape(-1, V)
+        sums = VocabLoss.apply(student_logits.reshape(-1, V), t, y, w, temperature, need, chunk)
+        parts = {name: sum(c[k] * sums[k] for k in range(3)) for name, c in coef.items()}
+        total = sum(weights[name] * parts[name] for name in weights)
+        return total, w.sum().long(), {name: v.detach() for name, v in parts.items()}
 
     return loss

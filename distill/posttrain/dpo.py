@@ -87,4 +87,4 @@ def make_trainer(model, tokenizer, rows: list[dict], args: DPOArgs) -> DPOTraine
 def run_dpo(args: DPOArgs, resume: bool = False) -> str:
     model, tok, _ = load_model(args.model, for_training=True)
     trainer = make_trainer(model, tok, preference_rows(args.data, args.n, args.seed), args)
-    return train_and_save(trainer, tok, args, resume, "dpo")
+    return train_and_save(trainer, tok, args, resume, "dpo", seq_len=args.max_length)

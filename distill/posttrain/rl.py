@@ -133,4 +133,4 @@ def run_rl(args: RLArgs, resume: bool = False) -> str:
     """Train; save the final model (+ tokenizer) to `args.out`/final and return that path. Resumable."""
     model, tok, _ = load_model(args.model, for_training=True)
     trainer = make_trainer(model, tok, rl_rows(args.data, args.n, args.seed), args)
-    return train_and_save(trainer, tok, args, resume, "rl")
+    return train_and_save(trainer, tok, args, resume, "rl", seq_len=args.max_completion_length)

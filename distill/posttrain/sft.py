@@ -140,4 +140,4 @@ def run_sft(args: SFTArgs, resume: bool = False) -> str:
     model, tok, _ = load_model(args.model, for_training=True)
     teacher = load_pretrained(args.teacher)[0] if args.teacher else None
     trainer = make_trainer(model, tok, rows_from(args.data, args.n, args.seed), args, teacher)
-    return train_and_save(trainer, tok, args, resume, "sft")
+    return train_and_save(trainer, tok, args, resume, "sft", seq_len=args.max_length)

@@ -16,10 +16,12 @@ import logging
 import os
 import re
 import shutil
+import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 
 import torch
+from transformers import TrainerCallback
 
 from hybrid.checkpoints import safetensors_keys
 
@@ -58,7 +60,8 @@ class TRLArgs:
         return cls(output_dir=self.out, max_steps=self.max_steps, learning_rate=self.lr,
                    per_device_train_batch_size=self.batch_size, gradient_accumulation_steps=self.grad_accum,
                    logging_steps=self.logging_steps, save_steps=self.save_steps, save_total_limit=2, report_to=[],
-                   seed=self.seed, use_cpu=not torch.cuda.is_available(), **stage_fields, **self.extra)
+                   seed=self.seed, use_cpu=not torch.cuda.is_available(), include_num_input_tokens_seen="all",
+                   **stage_fields, **self.extra)
 
 
 def _safetensors_problem(path: str) -> str | None:
@@ -139,7 +142,31 @@ def resume_checkpoint(out: str, optimizer: bool = True, main: bool = True) -> st
     return chosen
 
 
-def train_and_save(trainer, tokenizer, args, resume: bool, name: str) -> str:
+class SpeedCallback(TrainerCallback):
+    """Adds to every logged record the input tokens per second since training (re)started and the MFU of the
+    update's model FLOPs at that rate (distill.flops; sequence terms at `seq_len`). For GRPO the wall time holds
+    the rollouts too, so its MFU is the update's share of the whole step, the figure that bounds its speed."""
+
+    def __init__(self, seq_len: int):
+        self.seq_len, self.t0, self.tokens0 = seq_len, None, 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0, self.tokens0 = time.perf_counter(), state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, model=None, **kw):
+        from ..flops import gemm_peak, train_flops
+        tokens = state.num_input_tokens_seen - self.tokens0
+        if self.t0 is None or not tokens or model is None or not state.log_history:
+            return
+        tps = tokens / max(1e-9, time.perf_counter() - self.t0)
+        p = next(model.parameters())
+        dtype = torch.bfloat16 if args.bf16 else p.dtype
+        world = max(1, args.world_size)
+        mfu = train_flops(model, self.seq_len) * tps / (gemm_peak(dtype, p.device) * world)
+        state.log_history[-1].update({"input_tokens_per_s": tps, "mfu": mfu})
+
+
+def train_and_save(trainer, tokenizer, args, resume: bool, name: str, seq_len: int = 512) -> str:
     """Train (when resume, from the newest complete checkpoint in args.out, if any); save the model and tokenizer
     to args.out/final and the stage's arguments to args.out/{name}_args.json; return the final folder."""
     path = None
@@ -149,6 +176,7 @@ def train_and_save(trainer, tokenizer, args, resume: bool, name: str) -> str:
             resume_checkpoint(args.out, optimizer)  # names and sets aside the incomplete ones
         trainer.accelerator.wait_for_everyone()
         path = resume_checkpoint(args.out, optimizer, main=False)
+    trainer.add_callback(SpeedCallback(seq_len))
     trainer.train(resume_from_checkpoint=path)
     final = os.path.join(args.out, "final")
     trainer.save_model(final)  # every rank calls it (it gathers sharded weights); rank 0 writes

@@ -6,26 +6,17 @@ import sys
 
 import pytest
 import torch
-from helpers import tiny_teacher, tiny_tokenizer
+from helpers import tiny_rows, tiny_teacher, tiny_tokenizer
 
 from distill import hybridize
 from distill.conversion.align import MixerStack, align_loss_step, count_all_tokens
-from distill.data import pack, synthetic_prompts
+from distill.data import synthetic_prompts
 from distill.conversion.kd import kd_loss_step, set_trainable
 from distill.recipe import DistillRecipe, from_dict, load_recipe
 from distill.conversion.select import STRATEGIES, SelectContext, get_strategy, kept_layers, select
 from distill.train import NonFiniteLoss, StopRequested, Trainer, TrainArgs
 
 HERE = os.path.dirname(__file__)
-
-
-def tiny_rows(n_docs=48, seed=0, seq_len=32):
-    g = torch.Generator().manual_seed(seed)
-    docs = []
-    for _ in range(n_docs):
-        d = torch.randint(3, 97, (int(torch.randint(5, 20, (1,), generator=g)),), generator=g).tolist()
-        docs.append((d, d))
-    return pack(docs, seq_len, pad_id=0)
 
 
 def _snapshot(model):

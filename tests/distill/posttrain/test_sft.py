@@ -87,8 +87,10 @@ def test_sft_run_trains_saves_and_reloads(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path / "h")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     final = run_sft(SFTArgs(model=str(tmp_path / "h"), data="synthetic:train", n=8, out=str(tmp_path / "run"),
-                            max_steps=3, batch_size=2, lr=1e-3, save_steps=2, max_length=256))
+                            max_steps=3, batch_size=2, lr=1e-3, save_steps=2, max_length=256, logging_steps=1))
     after, _ = load_pretrained(final)
+    logged = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    assert all(r["input_tokens_per_s"] > 0 and r["mfu"] > 0 for r in logged if "loss" in r) and logged  # speed
     changed = [k for k, v in after.state_dict().items() if not torch.equal(v, before[k])]
     assert any(".mamba." in k for k in changed) and any("self_attn" in k for k in changed)
     assert json.loads((tmp_path / "run" / "sft_args.json").read_text())["max_steps"] == 3
