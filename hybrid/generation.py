@@ -22,11 +22,24 @@ Decode step modes (`decode=`):
   kernels on the same addresses;
 - "graph": the static step captured once per generate() call into a CUDA graph and replayed (CUDA only), which
   removes the per-kernel launch cost that dominates small-batch GPU decode;
+- "compiled": the static step's forward, with the greedy argmax, through torch.compile (inductor, dynamic=False;
+  C++ kernels on the CPU, Triton on CUDA, default mode there: no CUDA graphs, see `compiled_decode_step`).
+  Compiled once per (model, batch, cache length) and reused by later generate() calls of that shape (the cache
+  length is rounded up to a multiple of COMPILE_LEN_BUCKET so that prompts of nearby lengths share one
+  compilation); the compilation is timed apart (GenerationOutput.compile_seconds), not as decode time. Inside
+  the compiled region the mixers run their PyTorch decode step (hybrid.ops.backends "torch", fused by inductor:
+  the csrc kernels are opaque to dynamo and would split the graph at every mixer layer) and linear layers are
+  not packed (dynamo cannot trace oneDNN's packed op; inductor emits its own GEMM calls), so prepack is off.
+  Tokens equal "static" up to float rounding (another summation order);
 - "auto" (default): "graph" on CUDA where the static step applies and the parameters are not sharded (FSDP2,
   ZeRO-3 gather them inside forward), else "eager". A capture that fails falls back to the uncaptured static step
   with one warning.
 The static step needs full attention layers (sliding-window layers keep a rolling buffer) and the sdpa or eager
-attention implementation; `static_decode_unsupported` names what is in the way. Sampling stays outside the graph.
+attention implementation; `static_decode_unsupported` names what is in the way ("compiled" has the same needs).
+Sampling stays outside the CUDA graph; the compiled step takes the greedy argmax inside its compiled region, and
+a temperature > 0 draws with the eager sampler from the compiled logits (the draw reads a seeded torch.Generator,
+which dynamo does not trace, and the same eager code keeps a seed's samples those of the other modes given equal
+logits).
 
 On a CPU the decode step of a small model is bound by its weight GEMMs (most of a SmolLM2-135M batch-16 step is
 aten::mm with F.linear, by torch.profiler), which is why packing the weights for oneDNN is the engine's largest
@@ -38,15 +51,22 @@ goes to transformers' generate.
 """
 from __future__ import annotations
 
+import itertools
+import types
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import Cache, StaticLayer
 
 from .cache import cache_layers, teacher_attention_kinds
+from .ops import backends
 from .prepack import prepacked_linears
 
-DECODE_MODES = ("auto", "eager", "static", "graph")
+DECODE_MODES = ("auto", "eager", "static", "graph", "compiled")
+# "compiled" rounds the cache length up to a multiple of this, so generate() calls whose prompt plus max_new_tokens
+# land in the same bucket reuse one compilation (the extra slots stay masked: they cost attention reads, not tokens)
+COMPILE_LEN_BUCKET = 64
 _warned: set[str] = set()
 
 
@@ -116,17 +136,53 @@ def cache_tensors(cache: Cache, kv_buffers: bool = True) -> list[torch.Tensor]:
     return out
 
 
+def _decode_step(model, ids, pos, mask, cache):
+    """The fixed-shape decode step and its greedy token: what "compiled" hands to torch.compile."""
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True).logits[:, -1]
+    return logits, logits.argmax(-1)
+
+
+_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(b, max_len, dtype, dev): fn}
+_compile_ids = itertools.count()
+
+
+def compiled_decode_step(model, batch: int, max_len: int):
+    """`_decode_step` compiled for `model` at (batch, max_len), made once and kept for as long as the model lives.
+
+    torch.compile(dynamic=False), default mode on every device: inductor's C++ kernels on the CPU, Triton on CUDA,
+    no CUDA graphs (mode="reduce-overhead" would re-record its graphs for every generate() call, whose cache is
+    new each time; decode="graph" is the launch-overhead remover on CUDA). Each key gets a code object of its own,
+    because dynamo keeps compiled graphs, guards and its recompile limit per code object: models and shapes then
+    never evict each other, and a step of a known shape hits its one graph. The parameters are graph inputs, not
+    constants, so trained weights are read as they are at each call."""
+    p = next(model.parameters())
+    key = (batch, max_len, p.dtype, p.device)
+    steps = _compiled_steps.setdefault(model, {})
+    if key not in steps:
+        name = f"_decode_step_{next(_compile_ids)}"
+        code = _decode_step.__code__.replace(co_name=name, co_qualname=name)
+        steps[key] = torch.compile(types.FunctionType(code, _decode_step.__globals__, name), dynamic=False)
+    return steps[key]
+
+
 class StaticDecodeStep:
-    """The decode step with fixed shapes and fixed tensor addresses, run eagerly or replayed from a CUDA graph.
+    """The decode step with fixed shapes and fixed tensor addresses, run eagerly, replayed from a CUDA graph or
+    through torch.compile (`compiled_decode_step`).
 
     Inputs live in buffers: token ids [b, 1], positions [b, 1], and an additive mask [b, 1, 1, max_len] (0 where a
     cache slot holds a real token, the dtype's minimum elsewhere); the cache must come from
     `static_cache(model, max_len, full_buffer=True)` after the prefill. Each call writes the new token at cache
     index `slot` (the same for every row: prompts are left-padded) and returns logits [b, V] (a buffer that the
-    next call overwrites).
+    next call overwrites). The compiled step also leaves the greedy next tokens [b] in `tokens` (None otherwise).
+    A compiled step is compiled (or found compiled) and warmed up on construction; `compile_seconds` says how long
+    that took.
     """
 
-    def __init__(self, model, cache: Cache, prompt_mask: torch.Tensor, max_len: int, graph: bool = False):
+    def __init__(self, model, cache: Cache, prompt_mask: torch.Tensor, max_len: int, graph: bool = False,
+                 compiled: bool = False):
+        import time
+        if graph and compiled:
+            raise ValueError("a decode step is either captured in a CUDA graph or compiled, not both")
         dev = prompt_mask.device
         b = prompt_mask.shape[0]
         dtype = next(model.parameters()).dtype
@@ -137,10 +193,21 @@ class StaticDecodeStep:
         self.mask[:, 0, 0, :prompt_mask.shape[1]].masked_fill_(prompt_mask.bool(), 0)
         self.graph = None
         self.logits = None
+        self.tokens = None
+        self.compiled = compiled_decode_step(model, b, max_len) if compiled else None
+        self.compile_seconds = 0.0
         if graph:
             self._capture()
+        if compiled:
+            t0 = time.perf_counter()
+            self.warm_up(1)  # compiles on the first step of this shape; a cache hit costs one step
+            self.compile_seconds = time.perf_counter() - t0
 
     def _forward(self) -> torch.Tensor:
+        if self.compiled is not None:
+            with backends.use("torch"):  # the mixers' traceable decode step (module docstring)
+                logits, self.tokens = self.compiled(self.model, self.ids, self.pos, self.mask, self.cache)
+            return logits
         return self.model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.pos, cache=self.cache,
                           use_cache=True).logits[:, -1]
 
@@ -193,11 +260,23 @@ def resolve_decode(model, decode: str, dev: torch.device) -> str:
         p = next(model.parameters())
         sharded = type(p).__name__ == "DTensor" or hasattr(p, "ds_id")
         return "graph" if dev.type == "cuda" and why is None and not sharded else "eager"
-    if decode in ("static", "graph") and why is not None:
+    if decode in ("static", "graph", "compiled") and why is not None:
         raise ValueError(f"decode={decode!r} does not apply to this model: {why}")
     if decode == "graph" and dev.type != "cuda":
         raise ValueError(f"decode='graph' needs a CUDA model, this one is on {dev}")
     return decode
+
+
+def decode_prepack(mode: str, prepack: bool | None) -> bool | None:
+    """The prepack setting (hybrid.prepack) a call with decode step `mode` (resolved) runs with: unchanged, except
+    that the compiled step traces F.linear (dynamo cannot trace oneDNN's packed op), so it packs nothing and a
+    prepack=True asked for with it is a ValueError."""
+    if mode != "compiled":
+        return prepack
+    if prepack:
+        raise ValueError("prepack=True does not combine with decode='compiled' (dynamo cannot trace oneDNN's packed "
+                         "linear; the compiled step runs the GEMMs inductor emits)")
+    return False
 
 
 def sample_candidates(logits: torch.Tensor, p: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,8 +349,9 @@ class GenerationOutput:
     generated_tokens: int
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
-    decode_mode: str = "eager"  # the decode step that ran: eager, static or graph
+    decode_mode: str = "eager"  # the decode step that ran: eager, static, graph or compiled
     linear: str = "aten"  # the CPU linear layers: "aten" (F.linear) or "onednn-packed" (hybrid.prepack)
+    compile_seconds: float = 0.0  # "compiled": compiling (or finding compiled) and warming up the step, not in decode
 
 
 def check_length(model, prompts: list[list[int]], max_new_tokens: int) -> None:
@@ -293,9 +373,10 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
              prepack: bool | None = None) -> GenerationOutput:
     """Generate for a batch of token-id prompts. eos_token_id: an id or list of ids (default: the model's).
 
-    decode: the decode step, "auto" | "eager" | "static" | "graph" (module docstring).
+    decode: the decode step, "auto" | "eager" | "static" | "graph" | "compiled" (module docstring).
     prepack: run the CPU linear layers on oneDNN-packed weights for this call (hybrid.prepack; packing time is
-    counted in prefill_seconds); None: on the CPU unless HYBRID_PREPACK=0.
+    counted in prefill_seconds); None: on the CPU unless HYBRID_PREPACK=0; off with decode="compiled"
+    (decode_prepack).
 
     timer: optional callable returning seconds (e.g. a synchronizing clock) for prefill / decode timing.
     on_step: optional callable(tokens [b] list[int], active [b] list[bool]) called after every sampled token
@@ -312,10 +393,30 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
     check_length(model, prompts, params.max_new_tokens)
     clock = timer or time.perf_counter
     t0 = clock()
+    prepack = decode_prepack(resolve_decode(model, decode, next(model.parameters()).device), prepack)
     with prepacked_linears(model, prepack) as packed:
         out = _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clock, t0, on_step, decode)
     out.linear = "onednn-packed" if packed else "aten"
     return out
+
+
+def _fixed_step(model, cache, prompt_mask, total: int, mode: str, decode: str):
+    """(the fixed-shape step for `mode`, or None for eager; the mode that runs). A CUDA graph capture that fails
+    under decode='auto' falls back to the static step with one warning: it must not cost the user the generation."""
+    if mode == "eager":
+        return None, mode
+    try:
+        return StaticDecodeStep(model, cache, prompt_mask, total, graph=mode == "graph",
+                                compiled=mode == "compiled"), mode
+    except Exception as e:  # noqa: BLE001 - see above
+        if decode == "graph" or mode != "graph":
+            raise
+        if "capture" not in _warned:
+            _warned.add("capture")
+            import warnings
+            warnings.warn(f"CUDA graph capture of the decode step failed ({type(e).__name__}: {e}); "
+                          "decoding eagerly on the full-buffer cache", stacklevel=3)
+        return StaticDecodeStep(model, cache, prompt_mask, total, graph=False), "static"
 
 
 def _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clock, t0, on_step, decode):
@@ -329,13 +430,15 @@ def _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clo
         raise ValueError("stop_strings need the tokenizer to decode with")
     b, L = len(prompts), max(len(p) for p in prompts)
     total = L + params.max_new_tokens
+    mode = resolve_decode(model, decode, dev)
+    if mode == "compiled" and params.max_new_tokens > 1:  # one compilation serves a bucket of lengths
+        total = -(-total // COMPILE_LEN_BUCKET) * COMPILE_LEN_BUCKET
     ids = torch.full((b, L), pad_token_id, dtype=torch.long, device=dev)
     mask = torch.zeros((b, total), dtype=torch.long, device=dev)
     for i, p in enumerate(prompts):
         ids[i, L - len(p):] = torch.tensor(p, device=dev)
         mask[i, L - len(p):L] = 1
     positions = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)
-    mode = resolve_decode(model, decode, dev)
     cache = static_cache(model, total, full_buffer=mode != "eager")
     gen = None
     if params.temperature > 0:
@@ -352,21 +455,14 @@ def _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clo
     eos_t = torch.tensor(sorted(eos), device=dev) if eos else None
     pos = positions[:, -1:]
     lengths = torch.full((b,), params.max_new_tokens, dtype=torch.long, device=dev)
-    step = None
-    if mode != "eager" and params.max_new_tokens > 1:
-        try:
-            step = StaticDecodeStep(model, cache, mask[:, :L], total, graph=mode == "graph")
-        except Exception as e:  # noqa: BLE001 - a failed capture must not cost the user their generation
-            if decode == "graph" or mode != "graph":
-                raise
-            if "capture" not in _warned:
-                _warned.add("capture")
-                import warnings
-                warnings.warn(f"CUDA graph capture of the decode step failed ({type(e).__name__}: {e}); "
-                              "decoding eagerly on the full-buffer cache", stacklevel=2)
-            step, mode = StaticDecodeStep(model, cache, mask[:, :L], total, graph=False), "static"
+    c0 = clock()
+    step, mode = _fixed_step(model, cache, mask[:, :L], total, mode, decode) if params.max_new_tokens > 1 \
+        else (None, mode)
+    compile_seconds = clock() - c0 if mode == "compiled" and step is not None else 0.0
+    # greedy with the compiled step: its own argmax of the logits it returned (the prefill's are sampled here)
+    argmax_inside = params.temperature == 0 and mode == "compiled" and step is not None
     for t in range(params.max_new_tokens):
-        nxt = sample(logits, params, gen)
+        nxt = step.tokens if argmax_inside and t > 0 else sample(logits, params, gen)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         out[:, t] = nxt
         was_done = done.clone()
@@ -393,7 +489,8 @@ def _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clo
     seqs = [out[i, :int(lengths[i])].tolist() for i in range(b)]
     return GenerationOutput(seqs, prompt_tokens=sum(len(p) for p in prompts),
                             generated_tokens=sum(len(s) for s in seqs), prefill_seconds=t1 - t0,
-                            decode_seconds=t2 - t1, decode_mode=mode if step is not None else "eager")
+                            decode_seconds=t2 - t1 - compile_seconds, decode_mode=mode if step is not None else "eager",
+                            compile_seconds=compile_seconds)
 
 
 def stream_text(model, tokenizer, prompt_ids: list[int], params: SamplingParams | None, write, eos_token_id=None,

@@ -11,8 +11,11 @@ baseline; the teacher also runs through HF `generate()` (the baseline users know
 Order of work for each model: a correctness gate (engine greedy == HF greedy on the first tokens; a model that
 fails is reported and not timed), a warm-up, then the timings. Reported: output tokens/s, time to first token,
 time per output token, cache size; with --context, the time per output token at a given context length after a
-real prefill of that length. A roofline column divides the bytes a decode step must read (weights, KV cache,
-mixer states) by this machine's measured copy bandwidth. Results: bench.json, bench.csv, bench.png.
+real prefill of that length. A roofline column gives the least time a decode step can take on this machine: the
+larger of the bytes it must read (weights, KV cache, mixer states) over the measured copy bandwidth and the FLOPs
+it must do (`decode_flops`, times the batch) over the measured GEMM peak for the dtype in use
+(distill.flops.gemm_peak); each row names the binding bound (roofline_bound: "memory" or "compute"), and both
+rates are in the environment block. Results: bench.json, bench.csv, bench.png.
 """
 from __future__ import annotations
 
@@ -30,10 +33,12 @@ import transformers
 from transformers import GenerationMixin
 
 from hybrid.checkpoints import is_hybrid_dir
-from hybrid.generation import SamplingParams, StaticDecodeStep, generate, resolve_decode, static_cache
+from hybrid.generation import (SamplingParams, StaticDecodeStep, decode_prepack, generate, resolve_decode,
+                               static_cache)
 from hybrid.ops import backends
 from hybrid.prepack import prepacked_linears
 
+from ..flops import forward_flops, gemm_peak
 from ..loading import load_model
 
 
@@ -44,8 +49,10 @@ class ThroughputSettings:
     kernels: backend settings to run every hybrid under, side by side (e.g. ["torch", "csrc"], see
     hybrid.ops.backends.use); None: as configured.
     dtype: load every model in this dtype (e.g. "bfloat16"); None: as stored.
-    decode: engine decode steps to run every model with (e.g. ["eager", "graph"]); None: "auto" alone.
-    prepack: engine linear settings to run every model with, "on" / "off" (hybrid.prepack); None: the default.
+    decode: engine decode steps to run every model with (e.g. ["eager", "graph"], "compiled": torch.compile);
+    None: "auto" alone.
+    prepack: engine linear settings to run every model with, "on" / "off" (hybrid.prepack); None: the default
+    (off for the compiled step, which "on" does not combine with: that pair is reported skipped).
     interleave: time the context rows of all models together, a step of each in turn (time_contexts_interleaved;
     every model stays loaded), instead of model after model.
     """
@@ -117,9 +124,33 @@ def step_bytes(model, batch: int, context: int) -> int:
     return total
 
 
-def _roofline_ms(model, batch: int, context: int, env: dict) -> float:
-    """The decode step's time if it only had to read step_bytes at the measured copy bandwidth."""
-    return 1000 * step_bytes(model, batch, context) / (env["copy_bandwidth_GBps"] * 1e9)
+def decode_flops(model, context: int) -> float:
+    """FLOPs of one decode step per row with `context` tokens in the cache: 2 N (every weight in a matrix product,
+    the vocabulary head included) + 4 heads * head_dim * context per attention layer (QK^T and AV over the whole
+    cache) + the mixers' recurrence. distill.flops.forward_flops counts attention over the mean causal context
+    (T + 1) / 2 of a sequence of T tokens; at T = 2 context - 1 that mean is the decode step's full context."""
+    return forward_flops(model, 2 * context - 1)
+
+
+def _gemm_peak(model, env: dict) -> float:
+    """The measured GEMM peak (FLOP/s) for the model's dtype and device, recorded in env["gemm_peak_GFLOPs"]
+    under the dtype's name the first time a model of that dtype asks (distill.flops.gemm_peak caches it)."""
+    p = next(model.parameters())
+    name = str(p.dtype).replace("torch.", "")
+    peaks = env.setdefault("gemm_peak_GFLOPs", {})
+    if name not in peaks:
+        peaks[name] = gemm_peak(p.dtype, p.device) / 1e9
+        print(f"environment: GEMM peak {name} {peaks[name]:.1f} GFLOP/s")
+    return peaks[name] * 1e9
+
+
+def _roofline(model, batch: int, context: int, env: dict) -> dict:
+    """The decode step's least time on this machine: max(step_bytes / copy bandwidth, batch * decode_flops / GEMM
+    peak), with both bounds and which one binds."""
+    memory = 1000 * step_bytes(model, batch, context) / (env["copy_bandwidth_GBps"] * 1e9)
+    compute = 1000 * batch * decode_flops(model, context) / _gemm_peak(model, env)
+    return {"roofline_ms": max(memory, compute), "roofline_bound": "memory" if memory >= compute else "compute",
+            "roofline_memory_ms": memory, "roofline_compute_ms": compute}
 
 
 def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
@@ -167,10 +198,13 @@ def time_engine(model, batch, prompt_len, gen_len, seed=0, decode="auto", prepac
     prompts = _prompts(batch, prompt_len, model.config.vocab_size, seed)
     out = generate(model, prompts, SamplingParams(max_new_tokens=gen_len), eos_token_id=[], timer=_clock(model),
                    decode=decode, prepack=prepack)
-    total = out.prefill_seconds + out.decode_seconds
-    return {"tokens_per_s": out.generated_tokens / total, "ttft_s": out.prefill_seconds,
-            "tpot_ms": 1000 * out.decode_seconds / max(1, gen_len - 1), "generated": out.generated_tokens,
-            "decode": out.decode_mode, "linear": out.linear}
+    total = out.prefill_seconds + out.decode_seconds  # a compiled step's compilation is apart (compile_s)
+    row = {"tokens_per_s": out.generated_tokens / total, "ttft_s": out.prefill_seconds,
+           "tpot_ms": 1000 * out.decode_seconds / max(1, gen_len - 1), "generated": out.generated_tokens,
+           "decode": out.decode_mode, "linear": out.linear}
+    if out.decode_mode == "compiled":
+        row["compile_s"] = out.compile_seconds
+    return row
 
 
 def time_hf(model, batch, prompt_len, gen_len, seed=0) -> dict:
@@ -188,8 +222,9 @@ def time_hf(model, batch, prompt_len, gen_len, seed=0) -> dict:
 def time_context(model, batch, context, steps=8, seed=0, decode="auto", prepack=None) -> dict:
     """Time per output token at `context` tokens of cache, filled by a real prefill (median of `steps` steps),
     with the decode step `decode` (see hybrid.generation: eager, static, graph; auto picks as generate does) and
-    the linear layers as generate would run them (`prepack`, see hybrid.prepack)."""
+    the linear layers as generate would run them (`prepack`, see hybrid.prepack; off for the compiled step)."""
     dev = next(model.parameters()).device
+    prepack = decode_prepack(resolve_decode(model, decode, dev), prepack)
     with prepacked_linears(model, prepack) as packed:
         return {**_time_context(model, batch, context, steps, seed, decode, dev),
                 "linear": "onednn-packed" if packed else "aten"}
@@ -212,7 +247,8 @@ def _context_stepper(model, batch, context, steps, seed, decode, dev):
     logits = model(input_ids=ids, attention_mask=mask[:, :context], position_ids=pos, cache=cache, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
     state = {"next": logits.argmax(-1)}
-    fixed = StaticDecodeStep(model, cache, mask[:, :context], total, graph=mode == "graph") if mode != "eager" else None
+    fixed = (StaticDecodeStep(model, cache, mask[:, :context], total, graph=mode == "graph",
+                              compiled=mode == "compiled") if mode != "eager" else None)  # compiled: compiles here
     clock = _clock(model)
 
     def step(s: int) -> float:
@@ -243,6 +279,7 @@ def time_contexts_interleaved(entries, batch, context, steps=8, seed=0) -> dict:
         steppers = {}
         for label, (model, kernels, decode, prepack) in entries.items():
             dev = next(model.parameters()).device
+            prepack = decode_prepack(resolve_decode(model, decode or "auto", dev), prepack)
             packed = stack.enter_context(prepacked_linears(model, prepack))
             with _kernels(kernels):
                 mode, step = _context_stepper(model, batch, context, steps, seed, decode or "auto", dev)
@@ -297,7 +334,8 @@ def _is_hybrid_path(spec: str) -> bool:
 
 
 def _environment(dtype: str | None) -> dict:
-    """The machine, the libraries and the copy bandwidth the roofline column divides by; printed."""
+    """The machine, the libraries and the copy bandwidth the roofline column divides by; printed. The GEMM peak
+    of each dtype timed joins it as gemm_peak_GFLOPs when the first model of that dtype is measured."""
     env = environment()
     env["dtype"] = dtype or "as stored"
     env["copy_bandwidth_GBps"] = copy_bandwidth(device="cuda" if torch.cuda.is_available() else "cpu") / 1e9
@@ -315,7 +353,7 @@ def _measure(run: _Run, s: ThroughputSettings, env: dict, rows: list, kept: dict
         decode, prepack = run.decode or "auto", None if run.prepack is None else run.prepack == "on"
         if torch.cuda.is_available():
             model = model.cuda()
-        if not _passes(model, tok, label, decode, rows):
+        if not _passes(model, tok, label, decode, prepack, rows):
             return
         time_engine(model, 2, 16, 4, decode=decode, prepack=prepack)  # warm-up
         rows += _generate_rows(model, label, s, env, decode, prepack)
@@ -325,17 +363,18 @@ def _measure(run: _Run, s: ThroughputSettings, env: dict, rows: list, kept: dict
         for c in s.context:
             r = {"model": label, "mode": "context", "batch": s.context_batch, "context": c,
                  **time_context(model, s.context_batch, c, s.context_steps, decode=decode, prepack=prepack),
-                 "roofline_ms": _roofline_ms(model, s.context_batch, c, env)}
+                 **_roofline(model, s.context_batch, c, env)}
             rows.append(r)
             print(json.dumps(r))
     _write(s.out, {"environment": env, "results": rows})  # after every model: an interrupted run keeps these
 
 
-def _passes(model, tok, label: str, decode: str, rows: list) -> bool:
-    """Whether the model runs with `decode` here and passes the correctness gate; a row saying why not otherwise
-    (e.g. graph on a CPU, or a sliding-window model: said, and the others go on)."""
+def _passes(model, tok, label: str, decode: str, prepack, rows: list) -> bool:
+    """Whether the model runs with `decode` (and `prepack`) here and passes the correctness gate; a row saying why
+    not otherwise (e.g. graph on a CPU, a sliding-window model, compiled with prepack on: said, and the others go
+    on)."""
     try:
-        resolve_decode(model, decode, next(model.parameters()).device)
+        decode_prepack(resolve_decode(model, decode, next(model.parameters()).device), prepack)
     except ValueError as e:
         print(f"{label}: skipped: {e}")
         rows.append({"model": label, "skipped": str(e)})
@@ -354,7 +393,7 @@ def _generate_rows(model, label: str, s: ThroughputSettings, env: dict, decode: 
         r = {"model": label, "mode": "generate", "batch": b, "prompt_len": s.prompt_len, "gen_len": s.gen_len,
              "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
              **time_engine(model, b, s.prompt_len, s.gen_len, decode=decode, prepack=prepack)}
-        r["roofline_ms"] = _roofline_ms(model, b, s.prompt_len + s.gen_len // 2, env)
+        r.update(_roofline(model, b, s.prompt_len + s.gen_len // 2, env))
         if s.hf_baseline and getattr(model.config, "model_type", None) != "hybrid":
             r["hf_tokens_per_s"] = time_hf(model, b, s.prompt_len, s.gen_len)["tokens_per_s"]
         rows.append(r)
@@ -367,7 +406,7 @@ def _interleaved_rows(kept: dict, s: ThroughputSettings, env: dict, rows: list) 
     for c in s.context:
         for label, timed in time_contexts_interleaved(kept, s.context_batch, c, s.context_steps).items():
             r = {"model": label, "mode": "context", "batch": s.context_batch, "context": c, **timed,
-                 "roofline_ms": _roofline_ms(kept[label][0], s.context_batch, c, env)}
+                 **_roofline(kept[label][0], s.context_batch, c, env)}
             rows.append(r)
             print(json.dumps(r))
         _write(s.out, {"environment": env, "results": rows})
@@ -395,7 +434,7 @@ def ratio_table(result: dict) -> str:
     if not rows:
         return "no results"
     base = rows[0]["model"]
-    lines = ["| model | setting | tok/s | TPOT ms | roofline ms | speed-up vs " + base +
+    lines = ["| model | setting | tok/s | TPOT ms | roofline ms (bound) | speed-up vs " + base +
              " | HF generate tok/s | engine / HF |", "|---|---|---|---|---|---|---|---|"]
     ref = {}
     for r in rows:
@@ -410,9 +449,19 @@ def ratio_table(result: dict) -> str:
         speed = f"{ref[key] / r['tpot_ms']:.2f}x" if key in ref else ""
         hf = f"{r['hf_tokens_per_s']:.1f}" if "hf_tokens_per_s" in r else ""
         vs_hf = f"{r['tokens_per_s'] / r['hf_tokens_per_s']:.2f}x" if hf else ""
-        lines.append(f"| {r['model']} | {setting} | {tps} | {r['tpot_ms']:.1f} | {r['roofline_ms']:.1f} | {speed} | {hf} "
-                     f"| {vs_hf} |")
-    return "\n".join(lines)
+        bound = {"memory": " (memory)", "compute": " (GEMM)"}.get(r.get("roofline_bound"), "")
+        lines.append(f"| {r['model']} | {setting} | {tps} | {r['tpot_ms']:.1f} | {r['roofline_ms']:.1f}{bound} | "
+                     f"{speed} | {hf} | {vs_hf} |")
+    return "\n".join(lines + _roofline_legend(result.get("environment", {})))
+
+
+def _roofline_legend(env: dict) -> list[str]:
+    """The line under the table saying what the roofline column is and which rates it divides by."""
+    if "gemm_peak_GFLOPs" not in env:  # a bench.json from before the compute bound
+        return []
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in env["gemm_peak_GFLOPs"].items())
+    return ["", f"roofline: max(bytes a decode step reads / copy bandwidth {env['copy_bandwidth_GBps']:.1f} GB/s, "
+                f"its FLOPs / GEMM peak ({peaks} GFLOP/s)); (memory) or (GEMM) names the bound that binds."]
 
 
 def plot_throughput(result: dict, path: str) -> None:

@@ -1,0 +1,109 @@
+"""decode="compiled": the fixed-shape decode step through torch.compile equals the eager step (logits up to float
+rounding, the same greedy tokens) for a plain teacher and Mamba2 / Mamba1 hybrids, compiles once per model and
+shape without recompiling per step or per call, and refuses where the static step does not apply; the throughput
+roofline's compute bound.
+
+Compilation dominates this file's time (inductor's C++ kernels; tens of seconds per model on a cold cache), so each
+model is compiled once, by its module-scoped fixture, at the one shape every test uses."""
+import pytest
+import torch
+from helpers import assert_close, tiny_hybrid, tiny_teacher
+from torch._dynamo.utils import counters
+
+from hybrid.generation import (COMPILE_LEN_BUCKET, SamplingParams, StaticDecodeStep, cache_tensors, generate,
+                               static_cache)
+
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]  # left-padded to 6; with 6 new tokens the cache rounds up to 64
+OTHER = [[20, 21], [30, 31, 32, 33, 34]]  # other lengths, same bucket: must hit the same compilation
+GREEDY = SamplingParams(max_new_tokens=6)
+
+
+def _graphs():
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
+@pytest.fixture(scope="module", params=["llama", "mamba2", "mamba"])
+def compiled(request):
+    """(model, the first compiled generate() output, graphs compiled by it, graph breaks in it)."""
+    if request.param == "llama":
+        model = tiny_teacher("llama", num_layers=2)
+    else:
+        model = tiny_hybrid("llama", mixer=request.param, num_layers=2)  # a mixer layer, then an attention layer
+    model.eval()
+    graphs, breaks = _graphs()
+    out = generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="compiled")
+    after = _graphs()
+    return model, out, after[0] - graphs, after[1] - breaks
+
+
+def test_compiled_generate_gives_the_eager_tokens_and_compiles_one_graph_once(compiled):
+    model, out, graphs, breaks = compiled
+    assert out.decode_mode == "compiled" and out.linear == "aten" and out.compile_seconds > 0
+    assert graphs == 1 and breaks == 0  # one graph for the whole step, compiled once for all its steps
+    assert out.sequences == generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="eager").sequences
+    # a later call of another prompt shape in the same bucket reuses the compilation: no recompile at any step
+    with torch.compiler.set_stance("fail_on_recompile"):
+        again = generate(model, OTHER, GREEDY, eos_token_id=[], decode="compiled")
+    assert again.sequences == generate(model, OTHER, GREEDY, eos_token_id=[], decode="eager").sequences
+
+
+def test_compiled_sampling_draws_what_the_static_step_draws(compiled):
+    model = compiled[0]
+    p = SamplingParams(max_new_tokens=6, temperature=0.8, top_p=0.9, seed=3)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        ours = generate(model, PROMPTS, p, eos_token_id=[], decode="compiled")
+    assert ours.sequences == generate(model, PROMPTS, p, eos_token_id=[], decode="static").sequences
+
+
+@torch.no_grad()
+def test_compiled_step_logits_equal_the_eager_steps(compiled):
+    """Step by step from the same cache: the compiled step's logits against the uncompiled static step's, fed the
+    same tokens, and its argmax against theirs."""
+    model = compiled[0]
+    b, L, max_len = 2, 6, COMPILE_LEN_BUCKET  # the fixture's shape
+    ids = torch.tensor([PROMPTS[0], [0, 0, 0] + PROMPTS[1]])
+    mask = torch.zeros(b, max_len, dtype=torch.long)
+    mask[0, :L], mask[1, 3:L] = 1, 1
+    pos = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)
+    cache = static_cache(model, max_len, full_buffer=True)
+    logits = model(input_ids=ids, attention_mask=mask[:, :L], position_ids=pos, cache=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
+    start = [(t, t.clone()) for t in cache_tensors(cache)]
+    tokens = [logits.argmax(-1)]
+    eager = []
+    step = StaticDecodeStep(model, cache, mask[:, :L], max_len)
+    for t in range(4):
+        eager.append(step(tokens[t], pos[:, -1:] + t + 1, L + t).clone())
+        tokens.append(eager[-1].argmax(-1))
+    for t, saved in start:
+        t.copy_(saved)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        step = StaticDecodeStep(model, cache, mask[:, :L], max_len, compiled=True)
+        for t in range(4):
+            ours = step(tokens[t], pos[:, -1:] + t + 1, L + t)
+            assert_close(ours, eager[t], atol=1e-4, rtol=1e-4, what=f"logits at step {t}")
+            assert torch.equal(step.tokens, tokens[t + 1])
+
+
+def test_compiled_refuses_where_the_static_step_does_not_apply():
+    sliding = tiny_teacher("mistral", num_layers=2).eval()
+    with pytest.raises(ValueError, match="decode='compiled' does not apply to this model: .*sliding-window"):
+        generate(sliding, PROMPTS, GREEDY, decode="compiled")
+    with pytest.raises(ValueError, match="prepack=True does not combine with decode='compiled'"):
+        generate(tiny_teacher("llama", num_layers=2).eval(), PROMPTS, GREEDY, decode="compiled", prepack=True)
+
+
+def test_roofline_is_the_larger_of_the_memory_and_compute_bounds(monkeypatch):
+    import distill.evaluation.throughput as bench
+    model = tiny_hybrid("llama", mixer="mamba2", num_layers=4)  # attention at layers 1 and 3
+    t = model.config.teacher_config
+    per_token = 4 * t.num_attention_heads * (t.hidden_size // t.num_attention_heads) * 2  # two attention layers
+    assert bench.decode_flops(model, 300) - bench.decode_flops(model, 100) == per_token * 200
+    monkeypatch.setattr(bench, "gemm_peak", lambda dtype, device: 1e9)
+    env = {"copy_bandwidth_GBps": 1e6}  # memory costs nothing: the compute bound binds
+    r = bench._roofline(model, 4, 100, env)
+    assert r["roofline_bound"] == "compute" and r["roofline_ms"] == r["roofline_compute_ms"] > r["roofline_memory_ms"]
+    assert r["roofline_compute_ms"] == pytest.approx(1000 * 4 * bench.decode_flops(model, 100) / 1e9)
+    assert env["gemm_peak_GFLOPs"] == {"float32": 1.0}
+    env = {"copy_bandwidth_GBps": 1e-6, "gemm_peak_GFLOPs": {"float32": 1.0}}
+    assert bench._roofline(model, 4, 100, env)["roofline_bound"] == "memory"
