@@ -91,19 +91,3 @@ def test_compiled_refuses_where_the_static_step_does_not_apply():
         generate(sliding, PROMPTS, GREEDY, decode="compiled")
     with pytest.raises(ValueError, match="prepack=True does not combine with decode='compiled'"):
         generate(tiny_teacher("llama", num_layers=2).eval(), PROMPTS, GREEDY, decode="compiled", prepack=True)
-
-
-def test_roofline_is_the_larger_of_the_memory_and_compute_bounds(monkeypatch):
-    import distill.evaluation.throughput as bench
-    model = tiny_hybrid("llama", mixer="mamba2", num_layers=4)  # attention at layers 1 and 3
-    t = model.config.teacher_config
-    per_token = 4 * t.num_attention_heads * (t.hidden_size // t.num_attention_heads) * 2  # two attention layers
-    assert bench.decode_flops(model, 300) - bench.decode_flops(model, 100) == per_token * 200
-    monkeypatch.setattr(bench, "gemm_peak", lambda dtype, device: 1e9)
-    env = {"copy_bandwidth_GBps": 1e6}  # memory costs nothing: the compute bound binds
-    r = bench._roofline(model, 4, 100, env)
-    assert r["roofline_bound"] == "compute" and r["roofline_ms"] == r["roofline_compute_ms"] > r["roofline_memory_ms"]
-    assert r["roofline_compute_ms"] == pytest.approx(1000 * 4 * bench.decode_flops(model, 100) / 1e9)
-    assert env["gemm_peak_GFLOPs"] == {"float32": 1.0}
-    env = {"copy_bandwidth_GBps": 1e-6, "gemm_peak_GFLOPs": {"float32": 1.0}}
-    assert bench._roofline(model, 4, 100, env)["roofline_bound"] == "memory"

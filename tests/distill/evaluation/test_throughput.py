@@ -2,7 +2,7 @@
 correctness gate, interleaved context rows."""
 import pytest
 import torch
-from helpers import tiny_teacher
+from helpers import tiny_hybrid, tiny_teacher
 
 from distill import hybridize
 
@@ -103,3 +103,19 @@ def test_bench_interleaved_context_rows_time_every_model_in_turn(tmp_path, monke
     assert [(r["model"], r["context"]) for r in ctx] == [(str(t), 32), (str(h), 32), (str(t), 48), (str(h), 48)]
     assert all(r["interleaved"] and r["tpot_ms"] > 0 for r in ctx)
     assert order == ["LlamaForCausalLM", "HybridForCausalLM"] * 6  # a step of each in turn, 3 steps x 2 contexts
+
+
+def test_roofline_is_the_larger_of_the_memory_and_compute_bounds(monkeypatch):
+    import distill.evaluation.throughput as bench
+    model = tiny_hybrid("llama", mixer="mamba2", num_layers=4)  # attention at layers 1 and 3
+    t = model.config.teacher_config
+    per_token = 4 * t.num_attention_heads * (t.hidden_size // t.num_attention_heads) * 2  # two attention layers
+    assert bench.decode_flops(model, 300) - bench.decode_flops(model, 100) == per_token * 200
+    monkeypatch.setattr(bench, "gemm_peak", lambda dtype, device: 1e9)
+    env = {"copy_bandwidth_GBps": 1e6}  # memory costs nothing: the compute bound binds
+    r = bench._roofline(model, 4, 100, env)
+    assert r["roofline_bound"] == "compute" and r["roofline_ms"] == r["roofline_compute_ms"] > r["roofline_memory_ms"]
+    assert r["roofline_compute_ms"] == pytest.approx(1000 * 4 * bench.decode_flops(model, 100) / 1e9)
+    assert env["gemm_peak_GFLOPs"] == {"float32": 1.0}
+    env = {"copy_bandwidth_GBps": 1e-6, "gemm_peak_GFLOPs": {"float32": 1.0}}
+    assert bench._roofline(model, 4, 100, env)["roofline_bound"] == "memory"
