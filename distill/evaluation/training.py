@@ -40,7 +40,7 @@ import torch
 
 from hybrid.prepack import packed_training_linears
 
-from ..data import pack
+from ..data import model_inputs, pack
 from ..flops import forward_flops, gemm_peak, train_flops
 from ..loading import load_model
 from ..train import Trainer, TrainArgs
@@ -133,7 +133,6 @@ class _Variant:
             ce = combined_loss({"ce": 1.0}, chunk=chunk)
 
             def loss_step(model, batch):
-                from ..data import model_inputs
                 total, _, parts = ce(model(**model_inputs(batch)).logits, None, batch["labels"])
                 return total, parts
         args = TrainArgs(steps=10 ** 6, batch_size=s.batch, lr=s.lr, warmup_steps=0, seed=s.seed, max_grad_norm=1.0,
