@@ -25,7 +25,8 @@ from .train import TrainArgs
 @dataclass
 class CorpusRecipe:
     """Sequence-level KD data: the teacher's own answers to prompts (a .jsonl/.txt file, or N synthetic ones)."""
-    prompts: str | int = 256
+    prompts: str | int = 256  # a count of synthetic prompts, a tasks spec (long:train:...) or a .jsonl/.txt file
+    n: int | None = None  # prompts drawn from a tasks spec (default 256); a cap on a file's
     max_new_tokens: int = 96
     batch_size: int = 16
     temperature: float = 0.7
@@ -74,6 +75,36 @@ class KDRecipe(TrainArgs):
 
 
 @dataclass
+class OnPolicyRecipe(TrainArgs):
+    """On-policy distillation (distill.conversion.onpolicy): the student samples `prompts`, learns the teacher's
+    distribution on its samples (reverse KL). batch_size: prompts (one sample each) per micro-batch."""
+    steps: int = 0  # 0 skips the phase
+    prompts: str | int = "synthetic:train"  # a tasks spec, a count of synthetic prompts, or a .jsonl/.txt file
+    n: int | None = 256  # prompts drawn from a tasks spec
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    train: str = "mixers+mlp"
+    loss_chunk: int | None = 1024
+    teacher_dtype: str | None = None
+    teacher_packed: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"onpolicy.max_new_tokens={self.max_new_tokens!r} must be a positive integer")
+        if not self.temperature > 0:
+            raise ValueError(f"onpolicy.temperature={self.temperature!r} must be positive (the student samples)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"onpolicy.top_p={self.top_p!r} must lie in (0, 1]")
+        if self.loss_chunk is not None and (not isinstance(self.loss_chunk, int) or self.loss_chunk < 1):
+            raise ValueError(f"onpolicy.loss_chunk={self.loss_chunk!r} must be a positive integer or null")
+        if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"onpolicy.teacher_dtype={self.teacher_dtype!r} is not one of float32, bfloat16, "
+                             "float16, null")
+
+
+@dataclass
 class DistillRecipe:
     teacher: str = "smollm2-135m"
     mixer: str = "mamba2"
@@ -82,6 +113,7 @@ class DistillRecipe:
     data: DataRecipe = field(default_factory=DataRecipe)
     align: AlignRecipe = field(default_factory=AlignRecipe)
     kd: KDRecipe = field(default_factory=KDRecipe)
+    onpolicy: OnPolicyRecipe = field(default_factory=OnPolicyRecipe)
     chunk_size: int = 128
     seed: int = 0
     dtype: str = "float32"

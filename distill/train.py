@@ -262,6 +262,15 @@ def cpu_bf16_wins() -> bool:
     return gemm_peak(torch.bfloat16) > 1.2 * gemm_peak(torch.float32)
 
 
+def _release_precision(mixed_precision: str) -> None:
+    """accelerate keeps one precision per process and refuses an Accelerator with another; a stage before this one
+    (a TRL stage: transformers turns bf16 on where the CPU has it) may have set a different one. Stages run one
+    after the other, so the finished stage's setting is dropped (the process group, PartialState, stays)."""
+    from accelerate.state import AcceleratorState
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def process_state():
     """accelerate's process state; on a machine without CUDA it joins the CPU (gloo) group that `accelerate launch
     --multi_gpu` starts, which a bare PartialState() would not (each process would think it is alone)."""
@@ -277,16 +286,21 @@ class Trainer:
     eval_fn(module) -> {metric: float}, run on every process (it may use collective ops) every eval_every steps.
     flops_per_token: model FLOPs of one step per input token (distill.flops); with it, each logged record carries
     `mfu`, the model FLOPs per second over this machine's measured GEMM peak for the step's dtype.
+    prepare_fn(module, micro_batch) -> micro_batch: turns each drawn micro-batch into the rows the loss reads,
+    before tokens are counted (on-policy distillation samples completions there, with the unwrapped module).
     """
 
     def __init__(self, module: torch.nn.Module, loss_step, train_rows, args: TrainArgs, out_dir: str,
                  eval_fn=None, name: str = "train", accelerator: Accelerator | None = None, count_fn=None,
-                 flops_per_token: float | None = None):
+                 flops_per_token: float | None = None, prepare_fn=None):
         self.args, self.out_dir, self.name = args, out_dir, name
+        self.prepare_fn = prepare_fn
         mp = resolve_precision(args.mixed_precision)
         # bf16 needs no loss scaling: this trainer's own autocast runs it, so trainers of both precisions can live in
         # one process (accelerate keeps one process-wide precision); fp16 goes through accelerate's scaler.
         self.autocast_dtype = torch.bfloat16 if mp == "bf16" and accelerator is None else None
+        if accelerator is None:
+            _release_precision("no" if self.autocast_dtype else mp)
         self.acc = accelerator or Accelerator(mixed_precision="no" if self.autocast_dtype else mp,
                                               cpu=not torch.cuda.is_available())
         self.flops_per_token = flops_per_token
@@ -436,6 +450,9 @@ class Trainer:
         micro = self.loader.next_step(a.grad_accum)
         dev = self.acc.device
         micro = [{k: v.to(dev) for k, v in b.items()} for b in micro]
+        if self.prepare_fn is not None:
+            with torch.no_grad():
+                micro = [self.prepare_fn(self.acc.unwrap_model(self.module), b) for b in micro]
         # The global token count is known before any forward (it depends on the batch alone), so every
         # micro-batch's summed loss is divided by it directly.
         counts = torch.tensor([float(self.count_fn(b)) for b in micro], device=dev)

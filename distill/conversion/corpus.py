@@ -19,11 +19,24 @@ from ..data import is_empty, prompt_ids, read_jsonl, record_value, report_skippe
 from ..loading import pad_and_eos
 
 
-def read_prompts(spec) -> list[str]:
-    """An int: that many synthetic prompts. A .jsonl file: its "prompt" fields (checked as distill.data checks
-    records; empty prompts are skipped and counted). A .txt file: one per line."""
+TASK_FAMILIES = ("synthetic", "long", "recall")  # tasks specs (distill.evaluation.tasks.load_tasks) taken as prompts
+
+
+def read_prompts(spec, n: int | None = None, seed: int = 0) -> list[str]:
+    """An int: that many synthetic prompts. A tasks spec of a generated family (`long:train:tokens=100..800`,
+    `synthetic:train`, `recall:train`): the prompts of its first `n` problems (default 256), exactly as evaluation
+    and SFT pose them, so that a reasoner's corpus is its own answers to the task. A .jsonl file: its "prompt"
+    fields (checked as distill.data checks records; empty prompts are skipped and counted). A .txt file: one per
+    line. `n` also caps a file's prompts."""
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
         return synthetic_prompts(int(spec))
+    if isinstance(spec, str) and spec.split(":")[0] in TASK_FAMILIES:
+        from ..evaluation.tasks import load_tasks, prompt_of
+        return [prompt_of(p) for p in load_tasks(spec, n=256 if n is None else n, seed=seed)]
+    return _file_prompts(spec)[:n]
+
+
+def _file_prompts(spec) -> list[str]:
     instead = "a number of synthetic prompts, a .jsonl with a 'prompt' field or a .txt with one prompt a line"
     require_file(spec, instead)
     if not os.path.isfile(spec):
@@ -58,7 +71,10 @@ def _existing(path: str) -> int:
 @torch.no_grad()
 def build_corpus(teacher, tok, prompts: list[str], out_path: str, max_new_tokens: int = 96, batch_size: int = 16,
                  temperature: float = 0.7, top_p: float = 0.95, seed: int = 0) -> int:
-    """Append teacher completions of `prompts` to out_path (jsonl of prompt/completion); returns records written."""
+    """Append teacher completions of `prompts` to out_path (jsonl of prompt/completion); returns records written.
+    Sampled with the decode engine (hybrid.generation.generate: the teacher's own static cache, the same sampler
+    evaluation uses); batch k with seed + k."""
+    from hybrid.generation import SamplingParams, generate
     done = _existing(out_path)
     done -= done % batch_size  # restart the partial batch, so that batch k is always sampled with seed + k
     if done:
@@ -67,20 +83,16 @@ def build_corpus(teacher, tok, prompts: list[str], out_path: str, max_new_tokens
         with open(out_path, "w", encoding="utf-8") as f:
             f.writelines(keep)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tok.padding_side = "left"  # generation continues every row from its last position
     pad, eos = pad_and_eos(teacher, tok)
     bar = tqdm(total=len(prompts), initial=done, desc="corpus")
     with open(out_path, "a", encoding="utf-8") as f:
         for start in range(done, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            enc = tok.pad({"input_ids": [prompt_ids(tok, p) for p in batch]}, return_tensors="pt")
-            enc = {k: v.to(teacher.device) for k, v in enc.items()}
-            torch.manual_seed(seed + start // batch_size)
-            out = teacher.generate(**enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                   temperature=temperature if temperature > 0 else None,
-                                   top_p=top_p if temperature > 0 else None, pad_token_id=pad,
-                                   eos_token_id=eos or None)
-            for p, row in zip(batch, out[:, enc["input_ids"].shape[1]:]):
+            params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_p=top_p if temperature > 0 else 1.0, seed=seed + start // batch_size)
+            out = generate(teacher, [prompt_ids(tok, p) for p in batch], params, eos_token_id=eos or None,
+                           pad_token_id=pad)
+            for p, row in zip(batch, out.sequences):
                 text = tok.decode(row, skip_special_tokens=True)
                 f.write(json.dumps({"prompt": p, "completion": text.strip()}) + "\n")
             f.flush()

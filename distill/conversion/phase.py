@@ -29,6 +29,7 @@ class PhaseContext:
     eval_batch_size: int = 4
     resume: bool = False  # continue an interrupted phase from its last checkpoint
     stop_after: int | None = None  # raise StopRequested after this many optimizer steps (a simulated interruption)
+    tokenizer: object = None  # the teacher's (phases that pose prompts: onpolicy)
 
     def name(self, phase: str) -> str:
         """The Trainer's name of a phase (progress bar, metrics.jsonl, TensorBoard)."""

@@ -4,8 +4,8 @@
 
 For each keep-ratio r of `schedule` (e.g. [0.75, 0.5, 0.25]) the next layers in the selection order are
 replaced: their attention is transferred into mixers (transfer.py), the new mixers are aligned to the teacher's
-attention outputs (align.py), then the whole hybrid is distilled on logits (kd.py), continuing from the previous
-stage's weights. After every phase the held-out KL to the teacher and the perplexity ratio are measured. Each
+attention outputs (align.py), then the whole hybrid is distilled on logits (kd.py: the teacher's text; then, with
+onpolicy.steps, onpolicy.py: the student's own samples), continuing from the previous stage's weights. After every phase the held-out KL to the teacher and the perplexity ratio are measured. Each
 phase is one function with one signature (phase.py); `phases()` lists them in order.
 
 Everything lands in the output folder: select.json/png, stage<k>/<phase>/ (a loadable hybrid), metrics.jsonl,
@@ -31,6 +31,7 @@ from .corpus import build_corpus, read_prompts
 from ..data import DataSpec, build_rows, split_rows
 from .heldout import HeldOut
 from .kd import run_kd
+from .onpolicy import run_onpolicy
 from .phase import PhaseContext
 from ..recipe import DistillRecipe, recipe_to_dict
 from ..runfolder import Record, record_recipe
@@ -45,7 +46,7 @@ def prepare_data(recipe: DistillRecipe, teacher, tok, out: str):
         c = d.corpus
         path = os.path.join(out, "corpus.jsonl")
         t0 = time.perf_counter()
-        build_corpus(teacher, tok, read_prompts(c.prompts), path, c.max_new_tokens, c.batch_size, c.temperature,
+        build_corpus(teacher, tok, read_prompts(c.prompts, c.n, c.seed), path, c.max_new_tokens, c.batch_size, c.temperature,
                      c.top_p, c.seed)
         source, fmt, seconds = path, "prompt_completion", time.perf_counter() - t0
     else:
@@ -61,7 +62,10 @@ def phases(recipe: DistillRecipe) -> list[tuple[str, Callable, object]]:
     """The phases of every stage, in order: (name, phase function (phase.py), its settings: the recipe section of
     that name, the whole recipe for transfer). The name keys progress.json (stage<k>/<name>) and names the phase's
     folder; a new phase is one entry here."""
-    return [("transfer", run_transfer, recipe), ("align", run_align, recipe.align), ("kd", run_kd, recipe.kd)]
+    out = [("transfer", run_transfer, recipe), ("align", run_align, recipe.align), ("kd", run_kd, recipe.kd)]
+    if recipe.onpolicy.steps:  # listed only where it runs: runs without it record what they always did
+        out.append(("onpolicy", run_onpolicy, recipe.onpolicy))
+    return out
 
 
 @dataclass
@@ -91,7 +95,7 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
     ev = HeldOut(teacher, eval_rows, recipe.eval_batch_size)
     sel = _selection(run, teacher, data, ev, corpus_s)
     base = PhaseContext(stage=0, keep_ratio=1.0, kept=[], new=[], heldout=ev, eval_batch_size=recipe.eval_batch_size,
-                        resume=resume, stop_after=stop_after)
+                        resume=resume, stop_after=stop_after, tokenizer=tok)
     student = _run_stages(run, sel, teacher, data, base)
     summary = {"teacher": recipe.teacher, "selection": sel.strategy, "corpus_seconds": corpus_s,
                "phases": [v for key, v in run.progress.done.items() if key.startswith("stage")]}

@@ -622,10 +622,17 @@ def _draw(make, n: int, split: str, seed, what: str) -> list[Problem]:
     return out
 
 
-def long_reasoning(n: int, split: str = "train", tokens: int = LONG_DEFAULT_TOKENS, seed: int = 0) -> list[Problem]:
-    """n distinct `long` problems of `split` whose gold traces are about `tokens` SmolLM2 tokens; seeded."""
-    steps = long_steps(_size(tokens, "tokens", 1))
-    return _draw(lambda rng: _long_one(rng, steps), n, split, f"long-{seed}", f"long:tokens={tokens}")
+def long_reasoning(n: int, split: str = "train", tokens: int | tuple[int, int] = LONG_DEFAULT_TOKENS,
+                   seed: int = 0) -> list[Problem]:
+    """n distinct `long` problems of `split` whose gold traces are about `tokens` SmolLM2 tokens; seeded. A pair
+    (low, high) draws each problem's number of operations uniformly between those of `low` and `high` tokens
+    (training on mixed lengths, so that a model learns to stop when the operations do)."""
+    low, high = (tokens, tokens) if not isinstance(tokens, tuple) else tokens
+    lo, hi = long_steps(_size(low, "tokens", 1)), long_steps(_size(high, "tokens", 1))
+    if lo > hi:
+        raise ValueError(f"tokens={low}..{high}: the low end exceeds the high end")
+    what = f"long:tokens={low}" if lo == hi and low == high else f"long:tokens={low}..{high}"
+    return _draw(lambda rng: _long_one(rng, rng.randint(lo, hi) if lo < hi else lo), n, split, f"long-{seed}", what)
 
 
 def recall_probe(n: int, split: str = "train", distance: int = RECALL_DEFAULT_DISTANCE,
@@ -684,12 +691,16 @@ def load_math(path: str) -> list[Problem]:
 
 
 def load_tasks(spec: str, n: int | None = None, seed: int = 0) -> list[Problem]:
-    """`synthetic:test` / `synthetic:train[:levels=1,2]`, `long:<split>[:tokens=N]` (default 500),
+    """`synthetic:test` / `synthetic:train[:levels=1,2]`, `long:<split>[:tokens=N or LOW..HIGH]` (default 500),
     `recall:<split>[:distance=N]` (default 256), a GSM8K- or MATH-style .jsonl, or a HF dataset id."""
     if spec == "long" or spec.startswith("long:"):
         split, tokens = _family_spec(spec, "tokens")
-        return long_reasoning(n if n is not None else 100, split,
-                              LONG_DEFAULT_TOKENS if tokens is None else _size(tokens, "tokens", 1), seed)
+        if tokens is not None and ".." in tokens:  # a range: tokens=LOW..HIGH
+            low, _, high = tokens.partition("..")
+            size = (_size(low, "tokens", 1), _size(high, "tokens", 1))
+        else:
+            size = LONG_DEFAULT_TOKENS if tokens is None else _size(tokens, "tokens", 1)
+        return long_reasoning(n if n is not None else 100, split, size, seed)
     if spec == "recall" or spec.startswith("recall:"):
         split, distance = _family_spec(spec, "distance")
         return recall_probe(n if n is not None else 100, split,

@@ -198,3 +198,16 @@ def test_lengths_in_smollm2_tokens():
         for p in load_tasks(f"recall:test:distance={distance}", n=3, seed=0):
             filler = "\n".join(p.problem.split("\n")[2:-1]) + "\n"
             assert 0.75 * distance <= count(filler) <= 1.25 * distance, (distance, count(filler))
+
+
+def test_a_length_range_draws_every_length_in_it_and_a_single_value_is_the_fixed_family():
+    from distill.evaluation.tasks import long_steps
+    problems = load_tasks("long:train:tokens=100..800", n=200, seed=0)
+    steps = {p.level for p in problems}
+    assert min(steps) == long_steps(100) and max(steps) == long_steps(800) and len(steps) > 20
+    assert [p.id for p in load_tasks("long:test:tokens=300..300", n=4)] == [
+        p.id for p in load_tasks("long:test:tokens=300", n=4)]
+    for bad, named in (("long:test:tokens=800..100", "800..100"), ("long:test:tokens=10..x", "'x'"),
+                       ("long:test:tokens=..5", "''")):
+        with pytest.raises(ValueError, match=re.escape(named)):
+            load_tasks(bad, n=1)
