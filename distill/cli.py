@@ -14,14 +14,14 @@ import sys
 
 import yaml
 
-from .commands import (bench, convert, corpus, distill, export, generate, imports, lm_eval, posttrain, run, select,
-                       summary)
+from .commands import (bench, convert, corpus, distill, export, generate, imports, lm_eval, plan, posttrain, run,
+                       select, summary)
 from .commands import eval as evaluate
 from .commands.args import common_flags
 
 # The commands in the order `hybrid-distill --help` lists them.
-COMMANDS = (convert, generate, distill, select, bench, evaluate, run, posttrain, lm_eval, imports, export, summary,
-            corpus)
+COMMANDS = (convert, generate, distill, select, bench, evaluate, run, plan, posttrain, lm_eval, imports, export,
+            summary, corpus)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 
 from ..runfolder import RunLock, check_out, is_main_rank, mark
@@ -34,6 +35,22 @@ def _bounded(kind, ok, what: str):
 positive = _bounded(int, lambda v: v >= 1, "must be >= 1")
 unit = _bounded(float, lambda v: 0 < v <= 1, "must lie in (0, 1]")  # a probability mass (top-p)
 seconds = _bounded(float, lambda v: 0 < v < float("inf"), "must be a positive number of seconds")
+rate = _bounded(float, lambda v: 0 < v < float("inf"), "must be a positive number per second")
+
+_UNITS = {"": 1.0, "g": 1.0, "gb": 1.0, "gib": 1.0, "m": 2 ** -10, "mb": 2 ** -10, "mib": 2 ** -10,
+          "t": 2 ** 10, "tb": 2 ** 10, "tib": 2 ** 10}
+
+
+def memory_size(text: str) -> float:
+    """An argparse type: a memory size in GB (2**30 bytes, as GPU memory is quoted: 80GB, 24GiB, 141 GB, 512MB;
+    a bare number is GB)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if m is None or m.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size such as 80GB, 24GiB or 512MB")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive memory size")
+    return value
 
 
 def param(text: str):

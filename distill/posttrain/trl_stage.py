@@ -56,12 +56,13 @@ class TRLArgs:
     def trl_config(self, cls, **stage_fields):
         """TRL config `cls` (SFTConfig, GRPOConfig, DPOConfig) from the shared fields, the stage's own
         (`stage_fields`) and `extra`, so that a shared field means the same in every stage. Two checkpoints are
-        kept (one stays complete while the next is written); without a GPU it runs on the CPU; no tracker."""
+        kept (one stays complete while the next is written); without a GPU it runs on the CPU; no tracker. A field
+        in `extra` wins over the stage's own setting of it (a recipe's `extra: {bf16: true}`)."""
         return cls(output_dir=self.out, max_steps=self.max_steps, learning_rate=self.lr,
                    per_device_train_batch_size=self.batch_size, gradient_accumulation_steps=self.grad_accum,
                    logging_steps=self.logging_steps, save_steps=self.save_steps, save_total_limit=2, report_to=[],
                    seed=self.seed, use_cpu=not torch.cuda.is_available(), include_num_input_tokens_seen="all",
-                   **stage_fields, **self.extra)
+                   **{**stage_fields, **self.extra})  # extra overrides a stage's own choice (e.g. bf16)
 
 
 def _safetensors_problem(path: str) -> str | None:

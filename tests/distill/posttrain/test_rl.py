@@ -1,4 +1,5 @@
 """GRPO through TRL's GRPOTrainer on a tiny hybrid: cached rollouts, group-normalized advantages, the loss by hand."""
+import os
 import pytest
 import torch
 from helpers import tiny_teacher, tiny_tokenizer
@@ -141,3 +142,29 @@ def test_grpo_learns_a_toy_reward(monkeypatch, tmp_path):
     rewards = [h["reward"] for h in tr.state.log_history if "reward" in h]
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
     assert last > 0.2 and last > 5 * first, (first, last)
+
+
+def test_every_recipes_trl_stage_files_build_their_trl_config(tmp_path):
+    """A recipe's `extra` may set a field its stage also sets (rl.yaml's `extra: {bf16: true}` on GPU recipes):
+    the recipe's value wins instead of a TypeError hours into a run."""
+    import glob
+
+    from distill.posttrain.dpo import DPOArgs, dpo_config
+    from distill.posttrain.rl import grpo_config
+    from distill.posttrain.sft import SFTArgs, sft_config
+    from distill.recipe import load_recipe
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "recipes")
+    built = 0
+    for path in sorted(glob.glob(os.path.join(root, "*", "*.yaml"))):
+        name = os.path.basename(path)
+        make = {"rl.yaml": (RLArgs, grpo_config), "sft.yaml": (SFTArgs, sft_config),
+                "dpo.yaml": (DPOArgs, dpo_config)}.get(name)
+        if make is None:
+            continue
+        args = load_recipe(path, cls=make[0])
+        args.out = str(tmp_path / "out")
+        config = make[1](args)
+        for key, value in args.extra.items():
+            assert getattr(config, key) == value, (path, key)
+        built += 1
+    assert built >= 10
