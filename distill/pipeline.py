@@ -1,8 +1,8 @@
 """One command from teacher to benchmarked hybrid: `hybrid-distill run recipes/<model>`.
 
 A recipe is a folder with one YAML per stage: distill.yaml (required; distill.recipe.DistillRecipe), sft.yaml
-(distill.posttrain.sft.SFTArgs), rl.yaml (distill.posttrain.rl.RLArgs), bench.yaml (BenchRecipe below); a missing optional file
-skips its stages. `--profile NAME` applies the profile of that name in every file that has one (an error if none
+(distill.posttrain.sft.SFTArgs), rl.yaml (distill.posttrain.rl.RLArgs), bench.yaml (BenchRecipe below), pipeline.yaml
+(ProtocolRecipe below: which protocol); a missing optional file skips its stages. `--profile NAME` applies the profile of that name in every file that has one (an error if none
 has it); `--set file.key=value` (e.g. `sft.max_steps=5`, `distill.conversion.kd.steps=10`) overrides one file's key.
 
 Stages, in order (PIPELINE below: one entry each), each recorded in OUT/stages.json when finished (with its wall
@@ -13,6 +13,13 @@ time):
   eval                   held-out task accuracy of both models at every stage (base, SFT, RL)
   bench                  throughput (one engine, side by side) and accuracy under wall-clock budgets
   report                 OUT/report.md (+ report.json, PNGs)
+That is the distill-first protocol (M1's order: convert from the base model, then SFT each). The reasoner-first
+protocol (pipeline.yaml `protocol: reasoner-first`) makes the reasoner first and converts it:
+  sft-teacher            the teacher fine-tuned on the task (the reasoner)
+  distill                convert the reasoner, distilled on its own outputs (distill.yaml's corpus: the task's
+                         prompts, e.g. `data.corpus.prompts: long:train:tokens=100..800`): OUT/distill/final
+  rl-teacher, rl-hybrid  the same GRPO budget, from the reasoner and from the distilled hybrid (no hybrid SFT)
+  eval, bench, report    as above; the report names the protocol that ran.
 A rerun with --resume skips finished stages and resumes an interrupted one from its last checkpoint (distill and
 the TRL stages checkpoint every save interval), so Ctrl-C loses at most one checkpoint interval.
 """
@@ -44,8 +51,24 @@ class BenchRecipe:
     context: list = field(default_factory=list)  # time per token at these context lengths
     budgets: list = field(default_factory=lambda: [1, 3, 10, 30, 100])  # seconds
     batch_candidates: list = field(default_factory=lambda: [4, 16])
+    max_samples: int = 64  # time budget: each model draws enough samples to fill the largest budget, at most this many
+    bootstrap: int = 1000  # resamples of the problems for the time-budget intervals
     seed: int = 0
     profiles: dict = field(default_factory=dict)
+
+
+PROTOCOLS = ("distill-first", "reasoner-first")
+
+
+@dataclass
+class ProtocolRecipe:
+    """pipeline.yaml: the order in which teacher and hybrid are made (module docstring)."""
+    protocol: str = "distill-first"
+    profiles: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol={self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
 
 
 @dataclass
@@ -55,6 +78,12 @@ class PipelineRecipe:
     sft: object | None = None  # SFTArgs
     rl: object | None = None  # RLArgs
     bench: BenchRecipe = field(default_factory=BenchRecipe)
+    pipeline: ProtocolRecipe = field(default_factory=ProtocolRecipe)
+
+    def __post_init__(self):
+        if self.pipeline.protocol == "reasoner-first" and self.sft is None:
+            raise ValueError(f"{self.folder}: protocol reasoner-first makes the reasoner with SFT, but the recipe "
+                             "has no sft.yaml")
 
 
 def load_pipeline(folder: str, profile: str | None = None, overrides=()) -> PipelineRecipe:
@@ -64,7 +93,8 @@ def load_pipeline(folder: str, profile: str | None = None, overrides=()) -> Pipe
     from .posttrain.sft import SFTArgs
     if not os.path.isdir(folder):
         raise ValueError(f"recipe folder {folder!r} does not exist")
-    files = {"distill": DistillRecipe, "sft": SFTArgs, "rl": RLArgs, "bench": BenchRecipe}
+    files = {"distill": DistillRecipe, "sft": SFTArgs, "rl": RLArgs, "bench": BenchRecipe,
+             "pipeline": ProtocolRecipe}
     per_file: dict[str, list[str]] = {k: [] for k in files}
     for item in overrides:
         head, _, rest = item.partition(".")
@@ -90,7 +120,7 @@ def load_pipeline(folder: str, profile: str | None = None, overrides=()) -> Pipe
         raise ValueError(f"no file in {folder} has a profile {profile!r}")
     validate_recipe(loaded["distill"], folder)
     return PipelineRecipe(folder, loaded["distill"], loaded.get("sft"), loaded.get("rl"),
-                          loaded.get("bench", BenchRecipe()))
+                          loaded.get("bench", BenchRecipe()), loaded.get("pipeline", ProtocolRecipe()))
 
 
 def _evaluate(spec: str, bench: BenchRecipe, out: str) -> dict:
@@ -134,20 +164,34 @@ class PipelineRun:
 
 def _checkpoints(recipe: PipelineRecipe, out: str) -> dict:
     """Every model the run makes, by role and step, in stage order: the teacher and the distilled hybrid, then the
-    final folder of each SFT / RL stage the recipe has a file for."""
+    final folder of each SFT / RL stage the recipe has a file for (reasoner-first: the hybrid has no SFT stage, it
+    is distilled from the SFT teacher)."""
     models = {"teacher": {"base": recipe.distill.teacher}, "hybrid": {"base": os.path.join(out, "distill", "final")}}
     for kind in ("sft", "rl"):
         if getattr(recipe, kind) is not None:
             for who, ckpts in models.items():
+                if kind == "sft" and who == "hybrid" and _reasoner_first(recipe):
+                    continue
                 ckpts[kind] = os.path.join(out, f"{kind}-{who}", "final")
     return models
+
+
+def _reasoner_first(recipe: PipelineRecipe) -> bool:
+    return recipe.pipeline.protocol == "reasoner-first"
+
+
+def distill_teacher(recipe: PipelineRecipe, out: str) -> str:
+    """The model the hybrid is converted from: the base teacher, or (reasoner-first) the SFT reasoner."""
+    return os.path.join(out, "sft-teacher", "final") if _reasoner_first(recipe) else recipe.distill.teacher
 
 
 def _distill(run: PipelineRun) -> dict:
     """convert -> select -> align/KD schedule into OUT/distill, resumed where its progress.json exists."""
     from .conversion.schedule import run_distill
     folder, stop = os.path.join(run.out, "distill"), run.stop_after
-    run_distill(run.recipe.distill, folder, resume=os.path.isfile(os.path.join(folder, "progress.json")),
+    recipe = copy.deepcopy(run.recipe.distill)
+    recipe.teacher = distill_teacher(run.recipe, run.out)
+    run_distill(recipe, folder, resume=os.path.isfile(os.path.join(folder, "progress.json")),
                 stop_after=stop[1] if stop and stop[0] == "distill" else None, allow_changes=run.allow_changes)
     return {}
 
@@ -168,7 +212,7 @@ def _post_train(kind: str, who: str, run: PipelineRun) -> dict:
     else:
         from .posttrain.rl import run_rl
         run_rl(cfg, resume=True)
-    return {}
+    return {"from": cfg.model}
 
 
 def _eval(run: PipelineRun) -> dict:
@@ -196,7 +240,8 @@ def _bench(run: PipelineRun) -> dict:
     run_time_budget([final["teacher"], final["hybrid"]], problems, b.samples, b.budgets,
                     b.batch_candidates, os.path.join(out, "bench"),
                     title=f"{b.tasks}, {len(problems)} problems", tasks=b.tasks,
-                    max_new_tokens=b.max_new_tokens, temperature=b.temperature, top_p=b.top_p, seed=b.seed)
+                    max_new_tokens=b.max_new_tokens, temperature=b.temperature, top_p=b.top_p, seed=b.seed,
+                    max_samples=b.max_samples, bootstrap=b.bootstrap)
     return {}
 
 
@@ -226,6 +271,16 @@ PIPELINE = [
     ("report", _rank0(_report)),
 ]
 STAGES = tuple(name for name, _ in PIPELINE)
+# reasoner-first: the reasoner before the conversion, no hybrid SFT
+REASONER_FIRST = ("sft-teacher", "distill", "rl-teacher", "rl-hybrid", "eval", "bench", "report")
+
+
+def pipeline_stages(recipe: PipelineRecipe) -> list:
+    """The (name, stage) entries of this recipe's protocol, in the order they run."""
+    if not _reasoner_first(recipe):
+        return PIPELINE
+    by_name = dict(PIPELINE)
+    return [(name, by_name[name]) for name in REASONER_FIRST]
 TRAINING = ("distill", "sft-teacher", "sft-hybrid", "rl-teacher", "rl-hybrid")  # resume checkpoints to prune
 
 
@@ -251,10 +306,11 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
     state = process_state()  # under `accelerate launch`: all ranks train; rank 0 evaluates and writes
     stages = _open_stages(recipe, out, resume, allow_changes, state)
     run = PipelineRun(recipe, out, state, _checkpoints(recipe, out), stages.done, stop_after, allow_changes)
-    todo = [name for name in STAGES if name not in stages.done]
-    bar = tqdm(total=len(STAGES), initial=len(STAGES) - len(todo), desc="pipeline", unit="stage",
+    order = pipeline_stages(recipe)
+    todo = [name for name, _ in order if name not in stages.done]
+    bar = tqdm(total=len(order), initial=len(order) - len(todo), desc="pipeline", unit="stage",
                disable=not state.is_main_process)
-    for name, stage in PIPELINE:
+    for name, stage in order:
         if name in stages.done:
             continue
         bar.set_postfix_str(name)
@@ -271,7 +327,7 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
 
 def _recipe_record(recipe: PipelineRecipe) -> dict:
     """Every stage file's settings, as the pipeline ran them (compared on --resume)."""
-    return {name: asdict(cfg) for name in ("distill", "sft", "rl", "bench")
+    return {name: asdict(cfg) for name in ("distill", "sft", "rl", "bench", "pipeline")
             if (cfg := getattr(recipe, name)) is not None}
 
 
@@ -279,14 +335,30 @@ def _fmt(x, nd=3):
     return "" if x is None else f"{x:.{nd}f}"
 
 
+def _protocol_line(recipe: PipelineRecipe) -> str:
+    if _reasoner_first(recipe):
+        return ("Protocol: reasoner-first. The teacher was fine-tuned on the task first (the reasoner); the hybrid was "
+                "converted from the reasoner and distilled on the reasoner's own answers to the task's prompts; both "
+                "then had the same GRPO budget.")
+    return ("Protocol: distill-first. The hybrid was distilled from the base teacher, then teacher and hybrid had "
+            "the same SFT and GRPO budgets.")
+
+
 def write_report(recipe: PipelineRecipe, out: str, done: dict, models: dict) -> None:
     """OUT/report.md and report.json from the stages' outputs."""
     from .evaluation.throughput import ratio_table
     from .conversion.schedule import summary_table
-    lines = [f"# {os.path.basename(os.path.abspath(recipe.folder))}: teacher vs hybrid", "",
-             f"teacher `{recipe.distill.teacher}`; hybrid `{os.path.join(out, 'distill', 'final')}` "
-             f"({recipe.distill.mixer}, attention kept: schedule {recipe.distill.schedule})", ""]
-    report: dict = {"recipe": recipe.folder, "stages": done}
+    tb_path = os.path.join(out, "bench", "time_budget.json")
+    tb = json.load(open(tb_path)) if os.path.isfile(tb_path) else None
+    lines = [f"# {os.path.basename(os.path.abspath(recipe.folder))}: teacher vs hybrid", ""]
+    verdict_rows = []  # the time-budget verdict first: who wins at which budgets, by how much
+    for sentence in (tb or {}).get("verdict", "").splitlines():
+        verdict_rows.append(len(lines))
+        lines += [f"**Under a wall-clock budget:** {sentence}", ""]
+    lines += [f"teacher `{recipe.distill.teacher}`; hybrid `{os.path.join(out, 'distill', 'final')}` "
+              f"({recipe.distill.mixer}, attention kept: schedule {recipe.distill.schedule})", "",
+              _protocol_line(recipe), ""]
+    report: dict = {"recipe": recipe.folder, "protocol": recipe.pipeline.protocol, "stages": done}
     # distillation
     with open(os.path.join(out, "distill", "summary.json")) as f:
         summary = json.load(f)
@@ -316,25 +388,24 @@ def write_report(recipe: PipelineRecipe, out: str, done: dict, models: dict) -> 
         report["throughput"] = bench["results"]
         lines += ["## Throughput (one engine, side by side; speed-up vs the teacher)", "", ratio_table(bench), "",
                   "![throughput](bench/bench.png)", ""]
-    if os.path.isfile(os.path.join(bench_dir, "time_budget.json")):
-        with open(os.path.join(bench_dir, "time_budget.json")) as f:
-            tb = json.load(f)
+    if tb is not None:
+        from .evaluation.budget import budget_table
         report["time_budget"] = tb
-        first = next(iter(tb["curves"].values()))
-        lines += ["## Accuracy under a wall-clock budget", "",
-                  "| model | s/sample | " + " | ".join(f"{r['budget_s']:g} s" for r in first) + " |",
-                  "|---|---|" + "---|" * len(first)]
-        for label, rows in tb["curves"].items():
-            lines.append(f"| {label} | {tb['models'][label]['seconds_per_sample']:.3f} | " + " | ".join(
-                f"k={r['k']}: {r['coverage']:.2f} / {_fmt(r['majority'], 2)}" for r in rows) + " |")
-        lines += ["", "cells: samples per problem within the budget: coverage (pass@k) / majority-vote accuracy", "",
+        lines += ["## Accuracy under a wall-clock budget", ""]
+        for label, meta in tb["models"].items():
+            lines += [f"**{label}**{' (reference)' if label == tb.get('reference') else ''}: "
+                      f"{meta['seconds_per_sample']:.4g} s/sample at batch {meta['best_batch']}, "
+                      f"{meta.get('samples', tb['samples'])} samples per problem"
+                      + (" (capped)" if meta.get("capped") else ""), "", budget_table(tb, label), ""]
+        lines += ["k: samples per problem within the budget; [ ]: 95 % bootstrap interval over problems; − ref: the "
+                  "paired difference to the reference ± its standard error (a tie within 2 s.e.)", "",
                   "![time budget](bench/time_budget.png)", ""]
-    for i in range(start, len(lines)):
+    for i in [*verdict_rows, *range(start, len(lines))]:
         for spec, role in sorted(roles.items(), key=lambda kv: -len(kv[0])):
             lines[i] = lines[i].replace(spec, role)
     # time per stage
     lines += ["## Time per stage", "", "| stage | wall s |", "|---|---|"]
-    lines += [f"| {s} | {done[s]['seconds']:.0f} |" for s in STAGES if s in done]
+    lines += [f"| {s} | {done[s]['seconds']:.0f} |" for s, _ in pipeline_stages(recipe) if s in done]
     lines.append("")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines))

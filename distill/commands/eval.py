@@ -21,7 +21,13 @@ def add_parser(subparsers) -> None:
                    help="synthetic:test, long:test[:tokens=N] (long reasoning), recall:test[:distance=N] (recall "
                         "probe), a GSM8K/MATH .jsonl, or a HF id")
     e.add_argument("--n", type=positive, default=None, help="number of problems")
-    e.add_argument("--samples", type=positive, default=4)
+    e.add_argument("--samples", type=positive, default=4,
+                   help="samples per problem (accuracy); the least per problem (time-budget, which draws enough to "
+                        "fill the largest budget)")
+    e.add_argument("--max-samples", type=positive, default=64,
+                   help="time-budget: the most samples per problem; a curve beyond it is reported as capped")
+    e.add_argument("--bootstrap", type=positive, default=1000,
+                   help="time-budget: bootstrap resamples of the problems for the 95 %% intervals")
     e.add_argument("--max-new-tokens", type=positive, default=256)
     e.add_argument("--temperature", type=float, default=0.7)
     e.add_argument("--top-p", type=unit, default=0.95)
@@ -55,8 +61,9 @@ def main(args) -> int:
             return 0
         from ..evaluation.evaluate import run_time_budget
         run_time_budget(args.models, problems, args.samples, args.budgets, args.batch_candidates, args.out,
-                        title=f"{args.tasks}, {len(problems)} problems", tasks=args.tasks, **kw)
-    print(f"-> {args.out}/time_budget.json, time_budget.png")
+                        title=f"{args.tasks}, {len(problems)} problems", tasks=args.tasks,
+                        max_samples=args.max_samples, bootstrap=args.bootstrap, **kw)
+    print(f"-> {args.out}/time_budget.json, time_budget.png, time_budget.md")
     return 0
 
 

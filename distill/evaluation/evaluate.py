@@ -10,8 +10,10 @@ missing answers do not vote, the largest group wins, and a tie goes to the group
 Answer checks are bounded in time (distill.evaluation.tasks.is_correct): one that runs past the limit counts as wrong, and
 `score` reports how many did (`check_timeouts`, written to eval.json), so a low score from a stalled checker shows.
 
-Time budget ("Thinking Slow, Fast"): a model that needs s seconds per sample (measured at its best batch size)
-draws k(T) = floor(T / s) samples per problem in T seconds; coverage(T) = pass@k(T), majority(T) = maj@k(T).
+Time budget ("Thinking Slow, Fast"): a model that needs s seconds per sample draws k(T) = floor(T / s) samples per
+problem in T seconds; coverage(T) = pass@k(T), majority(T) = maj@k(T). run_time_budget samples and times (each
+model at its best batch size, all models interleaved batch by batch in one run); the curves, their intervals, the
+comparison to the reference and the verdict are computed from plain tables in distill.evaluation.budget.
 """
 from __future__ import annotations
 
@@ -34,21 +36,33 @@ def _same(a: str, b: str) -> bool:
     return a == b or is_correct(f"\\boxed{{{a}}}", b)
 
 
+def majority_by_prefix(answers: list[str | None], same=None) -> list[int | None]:
+    """For k = 1..n, the index of the sample that carries the majority answer of answers[:k]: the first sample of
+    the winning group (None while no sample has an answer). Each answer joins the first group whose representative
+    it equals, so a prefix is grouped exactly as on its own and answers[w[k - 1]] == majority_answer(answers[:k]);
+    one pass gives every k. same(a, b): the equivalence (default: mathematical, via math-verify)."""
+    same = same or _same
+    groups: list[list[int]] = []  # [index of the first sample, count]
+    best, out = None, []
+    for i, a in enumerate(answers):
+        if a is not None:
+            for g in groups:
+                if same(a, answers[g[0]]):
+                    g[1] += 1
+                    break
+            else:
+                g = [i, 1]
+                groups.append(g)
+            if best is None or (g[1], -g[0]) > (best[1], -best[0]):  # only g changed: it wins or best stays
+                best = g
+        out.append(None if best is None else best[0])
+    return out
+
+
 def majority_answer(answers: list[str | None]) -> str | None:
     """The most frequent answer (equivalence classes), ties to the earliest; None if no sample has an answer."""
-    groups: list[list] = []  # [representative, count, first index]
-    for i, a in enumerate(answers):
-        if a is None:
-            continue
-        for g in groups:
-            if _same(a, g[0]):
-                g[1] += 1
-                break
-        else:
-            groups.append([a, 1, i])
-    if not groups:
-        return None
-    return max(groups, key=lambda g: (g[1], -g[2]))[0]
+    winners = majority_by_prefix(answers)
+    return answers[winners[-1]] if winners and winners[-1] is not None else None
 
 
 def majority_correct(completions: list[str], gold: str) -> bool:
@@ -137,7 +151,9 @@ def paired_compare(base: str, other: str) -> dict:
     else:
         z = 0.0 if mean == 0 else math.copysign(math.inf, mean)
     wins, losses = sum(x > 0 for x in d), sum(x < 0 for x in d)
-    return {"base": a_run["path"], "other": b_run["path"], "problems": n,
+    retention, retention_ci = _retention([a[i] for i in shared], [b[i] for i in shared])
+    return {"base": a_run["path"], "other": b_run["path"], "problems": n, "retention": retention,
+            "retention_ci95": retention_ci,
             "only_base": len(a) - n, "only_other": len(b) - n,
             "base_pass@1": sum(a[i] for i in shared) / n, "other_pass@1": sum(b[i] for i in shared) / n,
             "diff": mean, "diff_se": se, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "z": z,
@@ -145,145 +161,233 @@ def paired_compare(base: str, other: str) -> dict:
             "p_sign": _binom_two_sided(wins, losses)}
 
 
+def _retention(base: list[float], other: list[float], resamples: int = 2000, seed: int = 0):
+    """other's pass@1 over base's on the same problems (how much of base's accuracy other keeps), and its 95 %
+    percentile bootstrap interval, problems resampled in pairs. None where base solves nothing (in a resample:
+    that resample is dropped; no interval if more than 5 % are)."""
+    import random
+    if sum(base) == 0:
+        return None, None
+    ratio = sum(other) / sum(base)
+    rng, n, draws = random.Random(seed), len(base), []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        den = sum(base[i] for i in idx)
+        if den > 0:
+            draws.append(sum(other[i] for i in idx) / den)
+    if len(draws) < 0.95 * resamples:
+        return ratio, None
+    draws.sort()
+    return ratio, [draws[int(0.025 * (len(draws) - 1))], draws[int(0.975 * (len(draws) - 1))]]
+
+
 def compare_table(rows: list[dict]) -> str:
     lines = ["| base | other | problems | base pass@1 | other pass@1 | diff ± s.e. | 95 % CI | z | p | better/worse "
-             "| sign p |", "|" + "---|" * 11]
+             "| sign p | retention [95 % CI] |", "|" + "---|" * 12]
     for r in rows:
+        ret, ci = r.get("retention"), r.get("retention_ci95")
+        kept = "n/a" if ret is None else f"{ret:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
         lines.append(f"| {r['base']} | {r['other']} | {r['problems']} | {r['base_pass@1']:.3f} | "
                      f"{r['other_pass@1']:.3f} | {r['diff']:+.3f} ± {r['diff_se']:.3f} | "
                      f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {r['z']:.2f} | {r['p_normal']:.3g} | "
-                     f"{r['better']}/{r['worse']} | {r['p_sign']:.3g} |")
+                     f"{r['better']}/{r['worse']} | {r['p_sign']:.3g} | {kept} |")
     return "\n".join(lines)
 
 
 def time_budget_curves(seconds_per_sample: dict[str, float], correct: dict[str, list[list[bool]]],
                        majority: dict[str, list[list[str | None]]] | None, golds: list[str],
-                       budgets: list[float]) -> dict:
-    """Per model and budget T: k(T) samples per problem, coverage pass@k(T) and majority accuracy maj@k(T).
+                       budgets: list[float], bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Per model and budget T: k(T) samples per problem, coverage pass@k(T) and majority accuracy maj@k(T), each
+    with its 95 % bootstrap interval over problems (distill.evaluation.budget.analyse has the rest: paired
+    differences, crossings, verdict).
 
     correct[model][p] is the per-sample correctness of problem p (samples in the order drawn); majority[model][p]
-    the extracted answers in the same order (None to skip majority). k(T) is capped at the samples drawn, and
-    a budget too small for one sample scores 0.
+    the extracted answers in the same order, judged against golds[p] (None: no majority columns). k(T) is capped at
+    the samples drawn (`capped`), and a budget too small for one sample scores 0.
     """
-    curves = {}
-    for model, s in seconds_per_sample.items():
-        if not s > 0:
-            raise ValueError(f"seconds_per_sample[{model!r}]={s} must be positive")
-        rows = []
-        for T in budgets:
-            k_budget = math.floor(T / s + 1e-9)
-            n = min(len(r) for r in correct[model])
-            k = min(k_budget, n)
-            if k < 1:
-                rows.append({"budget_s": T, "k": 0, "k_budget": k_budget, "coverage": 0.0, "majority": 0.0})
-                continue
-            cov = sum(pass_at_k(len(r), sum(r), k) for r in correct[model]) / len(correct[model])
-            maj = None
-            if majority is not None:
-                wins = 0
-                for answers, gold in zip(majority[model], golds):
-                    w = majority_answer(answers[:k])
-                    wins += w is not None and is_correct(f"\\boxed{{{w}}}", gold)
-                maj = wins / len(golds)
-            rows.append({"budget_s": T, "k": k, "k_budget": k_budget, "capped": k < k_budget, "coverage": cov,
-                         "majority": maj})
-        curves[model] = rows
-    return curves
+    from .budget import AnswerJudge, analyse, coverage_by_k, majority_by_k
+    judge = AnswerJudge()
+    tables = {}
+    for m in seconds_per_sample:
+        tables[m] = {"coverage": [coverage_by_k(r) for r in correct[m]]}
+        if majority is not None:
+            tables[m]["majority"] = [majority_by_k(a, lambda x, g=g: judge.answer_correct(x, g), judge.same)
+                                     for a, g in zip(majority[m], golds)]
+    return analyse(seconds_per_sample, tables, budgets, grid_points=2, bootstrap=bootstrap, seed=seed)["curves"]
+
+
+class EngineSampler:
+    """One model's sampler over a fixed list of problems: sampler(indices, seed) -> one completion per problem index,
+    drawn as one batch through the decode engine (hybrid.generation.generate) with that seed. `tokens` counts the
+    tokens generated so far. It returns decoded text, so only once the device has finished: a timer around the
+    call measures the work."""
+
+    def __init__(self, model, tok, problems, max_new_tokens: int = 256, temperature: float = 0.7,
+                 top_p: float = 0.95):
+        from ..data import prompt_ids
+        from ..loading import pad_and_eos
+
+        self.model, self.tok = model, tok
+        self.prompts = [prompt_ids(tok, prompt_of(p)) for p in problems]
+        self.pad, self.eos = pad_and_eos(model, tok)
+        self.params = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        self.tokens = 0
+
+    def __call__(self, indices: list[int], seed: int) -> list[str]:
+        from hybrid.generation import SamplingParams, generate  # start-up time: the model side loads on use
+
+        res = generate(self.model, [self.prompts[i] for i in indices], SamplingParams(**self.params, seed=seed),
+                       eos_token_id=self.eos, pad_token_id=self.pad)
+        self.tokens += res.generated_tokens
+        return [self.tok.decode(seq, skip_special_tokens=True) for seq in res.sequences]
+
+
+def interleaved_draws(samplers: dict, samples: dict[str, int], batch_sizes: dict[str, int], problems: int,
+                      seed: int = 0, clock=None):
+    """Draw samples[m] completions per problem from every model, batch by batch in turn: A's batch 1, B's batch 1,
+    A's batch 2, ...; a model whose draws are done drops out. Interleaving spreads whatever drifts during the run
+    (clocks, heat, other load on the machine) over all models alike, so their seconds per sample compare.
+
+    samplers[m](indices, seed) -> one completion per problem index. Model m's jobs are every problem samples[m]
+    times, in problem order, cut into batches of batch_sizes[m]; its batch j is drawn with seed + j (reproducible).
+    Each call is timed with `clock` (default time.perf_counter). Returns (completions[m][problem] -> list,
+    batch_seconds[m] -> list, order: the model of each batch in the order drawn)."""
+    import time
+
+    from tqdm.auto import tqdm
+    clock = clock or time.perf_counter
+    jobs = {m: [i for i in range(problems) for _ in range(samples[m])] for m in samplers}
+    out = {m: [[] for _ in range(problems)] for m in samplers}
+    seconds: dict[str, list[float]] = {m: [] for m in samplers}
+    order = []
+    total = sum(map(len, jobs.values()))
+    bar = tqdm(total=total, desc="sampling", unit="sample", disable=total <= max(batch_sizes.values()))
+    j = 0
+    while active := [m for m in samplers if j * batch_sizes[m] < len(jobs[m])]:
+        for m in active:
+            chunk = jobs[m][j * batch_sizes[m]:(j + 1) * batch_sizes[m]]
+            t0 = clock()
+            comps = samplers[m](chunk, seed + j)
+            seconds[m].append(clock() - t0)
+            assert len(comps) == len(chunk), f"{m}: {len(comps)} completions for {len(chunk)} prompts"
+            for i, c in zip(chunk, comps):
+                out[m][i].append(c)
+            order.append(m)
+            bar.update(len(chunk))
+        j += 1
+    bar.close()
+    return out, seconds, order
 
 
 def sample_completions(model, tok, problems, k: int, max_new_tokens: int = 256, temperature: float = 0.7,
                        top_p: float = 0.95, batch_size: int = 16, seed: int = 0):
-    """k samples per problem through the decode engine. Returns (completions [problem][sample], wall seconds,
-    generated tokens). Batch j is sampled with seed + j, so results are reproducible."""
+    """k samples per problem through the decode engine. Returns (completions [problem][sample], seconds (the sum of
+    the batch times), generated tokens). Batch j is sampled with seed + j, so results are reproducible."""
+    sampler = EngineSampler(model, tok, problems, max_new_tokens, temperature, top_p)
+    out, seconds, _ = interleaved_draws({"model": sampler}, {"model": k}, {"model": batch_size}, len(problems), seed)
+    return out["model"], sum(seconds["model"]), sampler.tokens
+
+
+def best_batch_size(sampler, problems: int, candidates=(1, 4, 16, 32), seed: int = 0, clock=None) -> dict:
+    """Seconds per sample at each candidate batch size, from one timed batch of real problems each (problems 0, 1,
+    ... in turn, so the prompts and answers have the task's lengths), and the fastest. sampler(indices, seed) as in
+    interleaved_draws."""
     import time
-
-    from hybrid.generation import SamplingParams, generate  # start-up time: the model side loads on use
-
-    from ..data import prompt_ids
-    from ..loading import pad_and_eos
-
-    jobs = [(i, prompt_ids(tok, prompt_of(p))) for i, p in enumerate(problems) for _ in range(k)]
-    out: list[list[str]] = [[] for _ in problems]
-    pad, eos = pad_and_eos(model, tok)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(jobs), desc="sampling", unit="sample", disable=len(jobs) <= batch_size)
-    t0, tokens = time.perf_counter(), 0
-    for j in range(0, len(jobs), batch_size):
-        chunk = jobs[j:j + batch_size]
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                seed=seed + j // batch_size)
-        res = generate(model, [ids for _, ids in chunk], params, eos_token_id=eos, pad_token_id=pad)
-        tokens += res.generated_tokens
-        for (i, _), seq in zip(chunk, res.sequences):
-            out[i].append(tok.decode(seq, skip_special_tokens=True))
-        bar.update(len(chunk))
-    bar.close()
-    return out, time.perf_counter() - t0, tokens
-
-
-def best_batch_size(model, tok, problems, candidates=(1, 4, 16, 32), max_new_tokens: int = 256, **kw) -> dict:
-    """Seconds per sample at each candidate batch size (one batch of real problems each); the best one."""
+    clock = clock or time.perf_counter
     per = {}
     for b in candidates:
-        probs = (problems * b)[:b]
-        _, secs, _ = sample_completions(model, tok, probs, 1, max_new_tokens=max_new_tokens, batch_size=b, **kw)
-        per[b] = secs / b
-    best = min(per, key=per.get)
-    return {"seconds_per_sample_by_batch": per, "best_batch": best}
+        t0 = clock()
+        sampler([i % problems for i in range(b)], seed)
+        per[b] = (clock() - t0) / b
+    return {"seconds_per_sample_by_batch": per, "best_batch": min(per, key=per.get)}
 
 
-def plot_time_budget(curves: dict, path: str, title: str = "") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for model, rows in curves.items():
-        T = [r["budget_s"] for r in rows]
-        axes[0].plot(T, [r["coverage"] for r in rows], "o-", label=model)
-        if rows and rows[0].get("majority") is not None:
-            axes[1].plot(T, [r["majority"] for r in rows], "o-", label=model)
-    axes[0].set(xlabel="seconds per problem", ylabel="coverage (pass@k(T))", xscale="log", title=title or "coverage")
-    axes[1].set(xlabel="seconds per problem", ylabel="majority-vote accuracy", xscale="log", title="majority vote")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _engine_loader(problems, **sampling):
+    """spec -> (label, EngineSampler over `problems`): the default model loader of run_time_budget."""
+    def load(spec):
+        from ..loading import load_model  # start-up time: the model side loads on use
+        model, tok, label = load_model(spec, need_tokenizer=True)
+        return label, EngineSampler(model, tok, problems, **sampling)
+    return load
 
 
 def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, out: str, title: str = "",
-                    tasks: str = "", **sampling) -> dict:
-    """Per model spec: best batch size, `samples` draws per problem (timed), then coverage and majority accuracy as
-    functions of wall-clock seconds. Writes out/time_budget.{json,png}; returns the JSON's content (with
-    `check_timeouts`, the answer checks that ran past the time limit)."""
+                    tasks: str = "", *, max_samples: int = 64, bootstrap: int = 1000, grid_points: int = 64,
+                    loader=None, clock=None, **sampling) -> dict:
+    """Accuracy of each model within wall-clock budgets per problem, against the first spec (the reference, e.g.
+    the teacher).
+
+    1. Per model, after one untimed warm-up batch: its best batch size on the task's real prompts (best_batch_size)
+       and its seconds per sample s there; it will draw k = ceil(max(budgets) / s) samples per problem, enough to
+       fill the largest budget, at least `samples` and at most `max_samples` (`capped` where the cap bites).
+    2. All models sample in one interleaved run (interleaved_draws), every batch timed: s = the sum of its batch
+       times / its samples, the seconds per sample the curves use.
+    3. distill.evaluation.budget: coverage and majority vs seconds at the budgets and on a fine grid, bootstrap
+       intervals over problems (`bootstrap` resamples), paired differences to the reference, crossings, verdict.
+    Writes out/time_budget.{json,png,md}, prints the verdict, returns the JSON's content (`check_timeouts`: the
+    answer checks that ran past the time limit). sampling: max_new_tokens, temperature, top_p, seed.
+    loader(spec) -> (label, sampler(indices, seed) -> completions) replaces loading models, clock the timer
+    (tests)."""
     import json
     import os
 
-    from ..loading import load_model  # start-up time: the model side loads on use
-    from .tasks import extract_answer, is_correct
+    from .budget import AnswerJudge, analyse, budget_markdown, coverage_by_k, majority_by_k, plot_time_budget
+    if not specs:
+        raise ValueError("run_time_budget needs at least one model spec")
+    if not problems:
+        raise ValueError("run_time_budget needs at least one problem")
+    if not 1 <= samples <= max_samples:
+        raise ValueError(f"need 1 <= samples <= max_samples, got samples={samples} max_samples={max_samples}")
+    if not budgets or not all(0 < T < math.inf for T in budgets):
+        raise ValueError(f"budgets must be positive seconds, got {budgets}")
+    if not batch_candidates or min(batch_candidates) < 1:
+        raise ValueError(f"batch_candidates must be batch sizes >= 1, got {batch_candidates}")
+    seed = sampling.pop("seed", 0)
+    loader = loader or _engine_loader(problems, **sampling)
     os.makedirs(out, exist_ok=True)
-    spp, correct, answers, meta = {}, {}, {}, {}
     before = check_stats()["timeouts"]
+    samplers, best, k, meta = {}, {}, {}, {}
     for spec in specs:
-        model, tok, label = load_model(spec, need_tokenizer=True)
-        best = best_batch_size(model, tok, problems, candidates=batch_candidates, **sampling)
-        comps, secs, tokens = sample_completions(model, tok, problems, samples, batch_size=best["best_batch"],
-                                                 **sampling)
-        spp[label] = secs / (len(problems) * samples)  # measured over the whole draw
-        correct[label] = [[is_correct(c, p.answer) for c in cs] for p, cs in zip(problems, comps)]
-        answers[label] = [[extract_answer(c) for c in cs] for cs in comps]
-        meta[label] = {**best, "seconds": secs, "tokens": tokens, "seconds_per_sample": spp[label]}
-        print(f"{label}: best batch {best['best_batch']}, {spp[label]:.3f} s/sample, "
-              f"pass@1 {sum(map(sum, correct[label])) / (len(problems) * samples):.3f}")
-    curves = time_budget_curves(spp, correct, answers, [p.answer for p in problems], budgets)
-    result = {"tasks": tasks, "problems": len(problems), "samples": samples, "models": meta, "curves": curves,
+        label, sampler = loader(spec)
+        if label in samplers:
+            raise ValueError(f"model {label!r} given twice in {specs}")
+        samplers[label] = sampler
+        sampler([0], seed)  # warm-up, untimed: lazy initialisation is no batch size's cost
+        best[label] = best_batch_size(sampler, len(problems), batch_candidates, seed=seed, clock=clock)
+        wanted = math.ceil(max(budgets) / best[label]["seconds_per_sample_by_batch"][best[label]["best_batch"]])
+        k[label] = min(max(samples, wanted), max_samples)
+        meta[label] = {**best[label], "samples_wanted": wanted, "samples": k[label], "capped": wanted > max_samples}
+        print(f"{label}: best batch {best[label]['best_batch']}, drawing {k[label]} samples per problem"
+              + (f" (capped: {wanted} would fill {max(budgets):g} s)" if wanted > max_samples else ""))
+    tokens0 = {m: getattr(s, "tokens", None) for m, s in samplers.items()}
+    comps, seconds, order = interleaved_draws(samplers, k, {m: b["best_batch"] for m, b in best.items()},
+                                              len(problems), seed=seed, clock=clock)
+    judge, golds = AnswerJudge(), [p.answer for p in problems]
+    spp, tables = {}, {}
+    for m in samplers:
+        correct = [[judge.correct(c, g) for c in cs] for cs, g in zip(comps[m], golds)]
+        answers = [[extract_answer(c) for c in cs] for cs in comps[m]]
+        tables[m] = {"coverage": [coverage_by_k(r) for r in correct],
+                     "majority": [majority_by_k(a, lambda x, g=g: judge.answer_correct(x, g), judge.same)
+                                  for a, g in zip(answers, golds)]}
+        drawn = len(problems) * k[m]
+        spp[m] = sum(seconds[m]) / drawn
+        meta[m].update({"batch_times": seconds[m], "seconds": sum(seconds[m]), "seconds_per_sample": spp[m],
+                        "pass@1": sum(map(sum, correct)) / drawn})
+        if tokens0[m] is not None:
+            meta[m]["tokens"] = samplers[m].tokens - tokens0[m]
+        print(f"{m}: {spp[m]:.4g} s/sample over {len(seconds[m])} interleaved batches, pass@1 "
+              f"{meta[m]['pass@1']:.3f}")
+    result = {"tasks": tasks, "problems": len(problems), "samples": samples, "max_samples": max_samples,
+              "models": meta, "batch_order": order,
+              **analyse(spp, tables, budgets, grid_points=grid_points, bootstrap=bootstrap, seed=seed),
               "check_timeouts": check_stats()["timeouts"] - before}
     with open(os.path.join(out, "time_budget.json"), "w") as f:
         json.dump(result, f, indent=1)
-    plot_time_budget(curves, os.path.join(out, "time_budget.png"), title=title)
-    for label, rows in curves.items():
-        print(label, [(r["budget_s"], r["k"], round(r["coverage"], 3), r["majority"]) for r in rows])
+    plot_time_budget(result, os.path.join(out, "time_budget.png"), title=title)
+    with open(os.path.join(out, "time_budget.md"), "w") as f:
+        f.write(budget_markdown(result, title))
+    print(result["verdict"])
     return result
 
 

@@ -3,7 +3,7 @@
 # long contexts again with the models stepped in turn; short contexts; the teacher with and without oneDNN-packed
 # linears; then accuracy under time budgets on synthetic math.
 # Writes runs/bench-smollm2/bench.{json,csv,png}, bench.* under interleaved/, crossover/, prepack/, and
-# time_budget.{json,png} under time-budget/ (every command its own folder: a non-empty --out is refused).
+# time_budget.{json,png,md} under time-budget/ (every command its own folder: a non-empty --out is refused).
 set -euo pipefail
 out=${1:-runs/bench-smollm2}
 hybrid-distill bench throughput \

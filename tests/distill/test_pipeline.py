@@ -34,7 +34,7 @@ profiles: {{quick: {{kd.steps: 2}}}}
     (folder / "rl.yaml").write_text("n: 2\nmax_steps: 1\nnum_generations: 2\nbatch_size: 2\n"
                                     "max_completion_length: 6\n")
     (folder / "bench.yaml").write_text("n: 3\nsamples: 2\nmax_new_tokens: 6\nbatch: [2]\nprompt_len: 8\n"
-                                       "gen_len: 6\nbudgets: [0.05, 1]\nbatch_candidates: [2]\n")
+                                       "gen_len: 6\nbudgets: [0.05, 1]\nbatch_candidates: [2]\nmax_samples: 4\n")
     return str(folder)
 
 
@@ -142,3 +142,43 @@ def test_pipeline_under_two_processes(tmp_path):
     last = max(glob.glob(str(out / "sft-hybrid" / "checkpoint-*")), key=lambda d: int(d.rsplit("-", 1)[1]))
     state = json.loads(open(os.path.join(last, "trainer_state.json")).read())
     assert state["epoch"] == pytest.approx(1.0)
+
+
+def test_reasoner_first_converts_the_sft_teacher_on_its_own_answers_and_skips_hybrid_sft(tmp_path):
+    from distill.cli import main
+    folder = tiny_recipe(tmp_path)
+    distill_yaml = os.path.join(folder, "distill.yaml")
+    text = open(distill_yaml).read().replace(  # the corpus: the reasoner's answers to the task's prompts
+        "data: {source: " + str(tmp_path / "data.jsonl") + ", seq_len: 64, eval_rows: 2}",
+        "data: {corpus: {prompts: 'synthetic:train', n: 12, max_new_tokens: 8, batch_size: 4}, seq_len: 64, "
+        "eval_rows: 2}")
+    assert "corpus" in text
+    open(distill_yaml, "w").write(text)
+    open(os.path.join(folder, "pipeline.yaml"), "w").write("protocol: reasoner-first\n")
+    out = tmp_path / "run"
+    assert main(["run", folder, "--profile", "quick", "--out", str(out)]) == 0
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages) == ["sft-teacher", "distill", "rl-teacher", "rl-hybrid", "eval", "bench", "report"]
+    import yaml
+    recorded = yaml.safe_load((out / "distill" / "recipe.yaml").read_text())
+    assert recorded["teacher"] == str(out / "sft-teacher" / "final")  # converted from the reasoner
+    corpus = [json.loads(line) for line in open(out / "distill" / "corpus.jsonl")]
+    from distill.conversion.corpus import read_prompts
+    assert [r["prompt"] for r in corpus] == read_prompts("synthetic:train", n=12)
+    assert stages["rl-hybrid"]["from"] == str(out / "distill" / "final")
+    assert stages["rl-teacher"]["from"] == str(out / "sft-teacher" / "final")
+    assert not (out / "sft-hybrid").exists()
+    report = (out / "report.md").read_text()
+    assert "Protocol: reasoner-first" in report and "| hybrid | sft |" not in report and "| hybrid | rl |" in report
+    assert json.loads((out / "report.json").read_text())["protocol"] == "reasoner-first"
+
+
+def test_unknown_protocol_and_reasoner_first_without_sft_are_refused(tmp_path):
+    folder = tiny_recipe(tmp_path)
+    open(os.path.join(folder, "pipeline.yaml"), "w").write("protocol: student-first\n")
+    with pytest.raises(ValueError, match="student-first"):
+        load_pipeline(folder)
+    open(os.path.join(folder, "pipeline.yaml"), "w").write("protocol: reasoner-first\n")
+    os.remove(os.path.join(folder, "sft.yaml"))
+    with pytest.raises(ValueError, match="no sft.yaml"):
+        load_pipeline(folder)

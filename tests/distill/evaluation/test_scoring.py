@@ -55,7 +55,24 @@ def test_paired_compare_matches_hand_computation(tmp_path, capsys):
     assert r["z"] == pytest.approx(0.25 / math.sqrt(0.25 / 12))
     assert r["p_normal"] == pytest.approx(math.erfc(r["z"] / math.sqrt(2)))
     assert (r["better"], r["worse"], r["p_sign"]) == (2, 0, 0.5)
-    same = paired_compare(base, base)
+    # retention: other's pass@1 over base's, .625 / .375; no interval: a resample of these 4 problems solves nothing
+    # for base with probability (2/4)^4 = 6 %, more than the 5 % the interval may drop
+    assert r["retention"] == pytest.approx(0.625 / 0.375) and r["retention_ci95"] is None
+    assert paired_compare(other, base)["retention"] == pytest.approx(0.375 / 0.625)
+    # the same problems three times over: the interval holds the ratio, within what resampled pairs (.5, 1), (0, .5),
+    # (1, 1), (0, 0) can give (ratios from 1 to 3)
+    rows = lambda path, run: _eval_json(tmp_path / path, [  # noqa: E731
+        (f"{p['id']}-{k}", p["answer"], c) for k in range(3) for p, c in zip(run["problems"], run["completions"])])
+    import json
+    base3 = rows("a3", json.load(open(tmp_path / "a" / "eval.json")))
+    other3 = rows("b3", json.load(open(tmp_path / "b" / "eval.json")))
+    r3 = paired_compare(base3, other3)
+    lo, hi = r3["retention_ci95"]
+    assert 1.0 <= lo < r3["retention"] < hi <= 3.0 and r3["retention"] == pytest.approx(0.625 / 0.375)
+    same = paired_compare(base3, base3)
+    assert same["retention"] == 1 and same["retention_ci95"] == [1, 1]
+    nothing = _eval_json(tmp_path / "z", [("p1", "1", [W]), ("p2", "2", [W])])  # a base that solves nothing
+    assert paired_compare(nothing, other)["retention"] is None
     assert (same["diff"], same["diff_se"], same["z"], same["p_normal"], same["p_sign"]) == (0, 0, 0, 1, 1)
 
     from distill.cli import main

@@ -1,0 +1,256 @@
+"""Accuracy under a wall-clock budget: the pure part (distill.evaluation.budget: k(T), coverage, majority, bootstrap,
+paired differences, crossings, verdict) on synthetic timing tables, and the sampling side (distill.evaluation.evaluate
+.run_time_budget: best batch, interleaved timed batches) with fake samplers and a fake clock, then once with tiny
+random models end to end."""
+import json
+import math
+import random
+
+import pytest
+
+from distill.evaluation.budget import (AnswerJudge, analyse, coverage_by_k, crossing, fine_grid, majority_by_k,
+                                       samples_in)
+from distill.evaluation.evaluate import majority_answer, majority_by_prefix, pass_at_k, run_time_budget
+from distill.evaluation.tasks import Problem, check_stats
+
+
+def _tables(correct: list[list[bool]]) -> dict:
+    """A model's tables from per-sample correctness; a correct sample answers "1" (the gold), a wrong one "0"."""
+    answers = [["1" if c else "0" for c in row] for row in correct]
+    return {"coverage": [coverage_by_k(r) for r in correct],
+            "majority": [majority_by_k(a, lambda x: x == "1", lambda a, b: a == b) for a in answers]}
+
+
+def _draw(probs: list[float], n: int, seed: int) -> list[list[bool]]:
+    """n samples per problem, each correct with its problem's probability."""
+    rng = random.Random(seed)
+    return [[rng.random() < p for _ in range(n)] for p in probs]
+
+
+def _always(solved: list[bool], n: int) -> list[list[bool]]:
+    """Problems a model solves on every sample, or never."""
+    return [[s] * n for s in solved]
+
+
+def test_k_of_budget_and_coverage_is_the_unbiased_pass_at_k():
+    probs = [random.Random(p).random() for p in range(30)]
+    correct = {"teacher": _draw(probs, 6, 1), "hybrid": _draw([p / 2 for p in probs], 16, 2)}
+    spp = {"teacher": 0.8, "hybrid": 0.3}
+    budgets = [0.1, 0.5, 1, 2.4, 5, 10]
+    r = analyse(spp, {m: _tables(c) for m, c in correct.items()}, budgets, bootstrap=200)
+    assert samples_in(2.4, 0.8) == 3 and samples_in(0.9, 0.3) == 3  # floor, round-off forgiven
+    for m, rows in r["curves"].items():
+        n = len(correct[m][0])
+        for row, T in zip(rows, budgets):
+            k_budget = math.floor(T / spp[m] + 1e-9)
+            assert (row["k_budget"], row["k"], row["capped"]) == (k_budget, min(k_budget, n), k_budget > n)
+            k = row["k"]
+            want = 0.0 if k == 0 else sum(pass_at_k(n, sum(c), k) for c in correct[m]) / len(correct[m])
+            assert row["coverage"] == pytest.approx(want)
+            want_maj = 0.0 if k == 0 else sum(sum(c[:k]) * 2 > k or (sum(c[:k]) * 2 == k and c[0])
+                                               for c in correct[m]) / len(correct[m])
+            assert row["majority"] == pytest.approx(want_maj)  # ties go to the answer seen first
+    assert [row["k"] for row in r["curves"]["teacher"]] == [0, 0, 1, 3, 6, 6]
+    assert [row["k"] for row in r["curves"]["hybrid"]] == [0, 1, 3, 8, 16, 16]
+    # the fine grid holds the budgets, and agrees with them there
+    grid = r["fine"]["budget_s"]
+    assert grid == sorted(grid) and all(T in grid for T in budgets) and len(grid) == 64 + 4
+    for m in spp:
+        for row in r["curves"][m]:
+            assert r["fine"]["curves"][m]["coverage"][grid.index(row["budget_s"])] == pytest.approx(row["coverage"])
+    assert r["fine"]["curves"]["teacher"]["capped_from_s"] == min(T for T in grid if T >= 7 * 0.8)  # k(T) > 6
+
+
+def test_bootstrap_intervals_contain_the_estimate_shrink_with_problems_and_are_seeded():
+    def run(problems, seed=0):
+        probs = [0.2 + 0.6 * random.Random(p).random() for p in range(problems)]
+        tables = {"teacher": _tables(_draw(probs, 4, 1)), "hybrid": _tables(_draw(probs, 8, 2))}
+        return analyse({"teacher": 1.0, "hybrid": 0.5}, tables, [1, 2, 4], bootstrap=400, seed=seed)
+
+    small, large = run(20), run(320)
+    for r in (small, large):
+        for rows in r["curves"].values():
+            for row in rows:
+                for x in ("coverage", "majority"):
+                    lo, hi = row[f"{x}_ci"]
+                    assert lo - 1e-9 <= row[x] <= hi + 1e-9
+        for row in r["differences"]["hybrid"]:
+            lo, hi = row["coverage"]["ci"]
+            assert lo - 1e-9 <= row["coverage"]["diff"] <= hi + 1e-9
+    width = lambda r, x: r["curves"]["teacher"][1][f"{x}_ci"][1] - r["curves"]["teacher"][1][f"{x}_ci"][0]
+    for x in ("coverage", "majority"):
+        assert 0 < width(large, x) < 0.6 * width(small, x)  # ~ 1 / sqrt(problems): a quarter
+    assert large["differences"]["hybrid"][1]["coverage"]["se"] < 0.6 * small["differences"]["hybrid"][1][
+        "coverage"]["se"]
+    assert run(20)["curves"] == small["curves"] and run(20, seed=1)["curves"] != small["curves"]
+
+
+def test_paired_standard_error_matches_hand_computation():
+    # one sample per problem at one second: per-problem coverage at T = 1 s is that sample's correctness
+    ref, model = _always([True, False, False, False], 1), _always([True, True, True, True], 1)
+    r = analyse({"teacher": 1.0, "hybrid": 1.0}, {"teacher": _tables(ref), "hybrid": _tables(model)}, [1.0],
+                bootstrap=100)
+    row = r["differences"]["hybrid"][0]["coverage"]
+    # d = (0, 1, 1, 1): mean .75; s.d. sqrt((.75^2 + 3 * .25^2) / 3) = .5; s.e. .5 / sqrt(4) = .25; z = 3
+    assert row["diff"] == pytest.approx(0.75) and row["se"] == pytest.approx(0.25) and row["z"] == pytest.approx(3)
+    assert row["call"] == "win" and 0 <= row["ci"][0] <= 0.75 <= row["ci"][1] <= 1
+    one = analyse({"a": 1.0, "b": 1.0}, {"a": _tables([[False]]), "b": _tables([[True]])}, [1.0], bootstrap=10)
+    assert one["differences"]["b"][0]["coverage"]["se"] is None  # one problem says nothing of its noise
+    assert one["differences"]["b"][0]["coverage"]["call"] == "tie"
+
+
+def test_designed_crossing_is_found_at_the_right_grid_point_and_the_verdict_names_both_winners():
+    # 50 problems: 20 both solve, 10 only the teacher, 20 neither. The hybrid samples 4x faster: alone above
+    # 0.5 s, it leads until the teacher's first sample at 2 s, then trails.
+    teacher = _always([True] * 20 + [True] * 10 + [False] * 20, 8)
+    hybrid = _always([True] * 20 + [False] * 10 + [False] * 20, 32)
+    budgets = [0.25, 1, 2, 10, 100]
+    r = analyse({"teacher": 2.0, "hybrid": 0.5}, {"teacher": _tables(teacher), "hybrid": _tables(hybrid)}, budgets,
+                bootstrap=200)
+    grid = fine_grid(budgets)
+    assert r["fine"]["budget_s"] == grid
+    for x in ("coverage", "majority"):
+        c = r["crossings"]["hybrid"][x]
+        assert c == {"budget_s": 2.0, "to": "below", "all": [2.0]}, (x, c)
+        calls = r["fine"]["differences"]["hybrid"][x]["call"]
+        assert {calls[i] for i, T in enumerate(grid) if T < 0.5} == {"empty"}
+        assert {calls[i] for i, T in enumerate(grid) if 0.5 <= T < 2} == {"win"}
+        assert {calls[i] for i, T in enumerate(grid) if T >= 2} == {"loss"}
+    v = r["verdict"]
+    assert "in coverage, hybrid wins from 0.5" in v and "then teacher wins from 2 s to 100 s (by 0.20" in v, v
+    assert "the coverage curves cross at 2 s (hybrid goes below)" in v, v
+    capped = min(T for T in grid if T >= 33 * 0.5)  # k(T) > 32
+    assert r["fine"]["curves"]["hybrid"]["capped_from_s"] == capped
+    assert f"hybrid is capped at 32 samples per problem from {capped:.3g} s (flat beyond: not measured)" in v, v
+
+
+def test_no_crossing_when_one_curve_dominates_and_the_verdict_names_the_winner():
+    probs = [0.02 + 0.1 * random.Random(p).random() for p in range(60)]
+    strong, weak = _draw([p + 0.6 for p in probs], 12, 1), _draw(probs, 12, 2)
+    budgets = [1, 3, 12]
+    for ref, other in (("teacher", "hybrid"), ("hybrid", "teacher")):  # the reference wins, or the other does
+        for winner, loser in (("hybrid", "teacher"), ("teacher", "hybrid")):
+            tables = {winner: _tables(strong), loser: _tables(weak)}
+            r = analyse({ref: 1.0, other: 1.0}, {ref: tables[ref], other: tables[other]}, budgets, bootstrap=200)
+            assert r["reference"] == ref and r["crossings"][other] == {"coverage": None, "majority": None}
+            v = r["verdict"]
+            assert v.startswith(f"{winner} beats {loser} in coverage at every budget from 1 s to 12 s (by "), v
+            assert f"{winner} beats {loser} in majority at every budget" in v, v
+            assert "the coverage curves do not cross between 1 s and 12 s" in v, v
+    same = _tables(weak)
+    r = analyse({"teacher": 1.0, "hybrid": 1.0}, {"teacher": same, "hybrid": same}, budgets, bootstrap=50)
+    assert r["verdict"].startswith("hybrid and teacher tie in coverage at every budget from 1 s to 12 s"), r["verdict"]
+    assert crossing([1, 2, 3, 4], [0.1, 0, -0.2, 0.3]) == {"budget_s": 3, "to": "below", "all": [3, 4]}
+    assert crossing([1, 2], [0.0, 0.0]) is None
+
+
+def test_majority_by_prefix_is_majority_answer_of_every_prefix_and_checks_are_cached():
+    rng = random.Random(0)
+    for _ in range(50):
+        answers = [rng.choice(["1", "2", "3", None]) for _ in range(rng.randint(1, 9))]
+        winners = majority_by_prefix(answers)
+        assert [None if w is None else answers[w] for w in winners] == [majority_answer(answers[:k])
+                                                                       for k in range(1, len(answers) + 1)]
+    judge = AnswerJudge()
+    before = check_stats()["checks"]
+    assert [judge.correct(f"so \\boxed{{{a}}}", "7") for a in ["7", "7", "8", "7", "8"]] == [1, 1, 0, 1, 0]
+    assert judge.answer_correct("7", "7") and not judge.answer_correct("8", "7")
+    assert check_stats()["checks"] - before == 2  # one per (answer, gold)
+    assert majority_by_k(["8", "7", "7", None], lambda a: judge.answer_correct(a, "7"), judge.same) == [0, 0, 0, 1, 1]
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _fake_run(out, labels=("A", "B"), **kw):
+    """run_time_budget on 4 problems with fake models and a fake clock. The first takes 0.1 s per call + 0.05 s per
+    sample (best batch 4, 0.075 s/sample, capped at 8 samples), the second 0.4 s + 0.5 s per sample (best batch 4,
+    0.6 s/sample: ceil(2 / 0.6) = 4 samples). The first answers every problem right, the second only the first.
+    Returns (result, the sampler calls (model, indices, seed) in order)."""
+    clock, calls = FakeClock(), []
+    problems = [Problem(str(i), f"q{i}", str(i + 1)) for i in range(4)]
+    cost = {labels[0]: (0.1, 0.05), labels[1]: (0.4, 0.5)}
+
+    def loader(spec):
+        def sample(indices, seed):
+            calls.append((spec, list(indices), seed))
+            clock.t += cost[spec][0] + cost[spec][1] * len(indices)
+            return [f"\\boxed{{{problems[i].answer if spec == labels[0] or i == 0 else 0}}}" for i in indices]
+        return spec, sample
+
+    r = run_time_budget(list(labels), problems, 2, [0.5, 2], [1, 2, 4], str(out), title="fake", max_samples=8,
+                        bootstrap=200, loader=loader, clock=clock, **kw)
+    return r, calls
+
+
+def test_run_time_budget_interleaves_timed_batches_and_writes_the_verdict(tmp_path):
+    r, calls = _fake_run(tmp_path, seed=10)
+    a, b = r["models"]["A"], r["models"]["B"]
+    assert (a["best_batch"], a["samples"], a["samples_wanted"], a["capped"]) == (4, 8, 27, True)
+    assert (b["best_batch"], b["samples"], b["samples_wanted"], b["capped"]) == (4, 4, 4, False)
+    # A has 4 x 8 = 32 samples in 8 batches, B 4 x 4 = 16 in 4: in turn until B is done, then A alone
+    assert r["batch_order"] == ["A", "B"] * 4 + ["A"] * 4
+    drawn = calls[-12:]
+    assert [c[0] for c in drawn] == r["batch_order"]
+    assert [c[2] for c in drawn if c[0] == "A"] == list(range(10, 18))  # batch j: seed + j
+    assert [c[2] for c in drawn if c[0] == "B"] == list(range(10, 14))
+    assert [c[1] for c in drawn if c[0] == "B"] == [[0] * 4, [1] * 4, [2] * 4, [3] * 4]
+    assert a["batch_times"] == pytest.approx([0.3] * 8) and b["batch_times"] == pytest.approx([2.4] * 4)
+    assert a["seconds_per_sample"] == pytest.approx(0.075) and b["seconds_per_sample"] == pytest.approx(0.6)
+    assert [row["k"] for row in r["curves"]["A"]] == [6, 8] and [row["k"] for row in r["curves"]["B"]] == [0, 3]
+    assert r["curves"]["A"][1]["capped"] and not r["curves"]["B"][1]["capped"]
+    assert r["curves"]["A"][1]["coverage"] == 1.0 and r["curves"]["B"][1]["coverage"] == 0.25
+    assert r["reference"] == "A" and r["differences"]["B"][1]["coverage"]["call"] == "loss"
+    assert r["verdict"].startswith("A beats B in coverage at every budget from 0.5 s to 2 s (by 1.00 at 0.5 s"), \
+        r["verdict"]
+    on_disk = json.loads((tmp_path / "time_budget.json").read_text())
+    assert on_disk["verdict"] == r["verdict"] and set(on_disk) >= {"models", "curves", "fine", "differences",
+                                                                     "crossings", "batch_order", "check_timeouts"}
+    md = (tmp_path / "time_budget.md").read_text().splitlines()
+    assert md[2] == r["verdict"] and any(line.startswith("| 2 s | 8 (capped; 26 fit) | 1.000 [1.000, 1.000]")
+                                         for line in md), md
+    assert (tmp_path / "time_budget.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="samples <= max_samples"):
+        run_time_budget(["A"], [Problem("0", "q", "1")], 9, [1], [1], str(tmp_path), max_samples=8)
+
+
+def test_report_states_the_verdict_first_and_the_intervals(tmp_path):
+    from distill.pipeline import PipelineRecipe, write_report
+    from distill.recipe import DistillRecipe
+    (tmp_path / "distill").mkdir()
+    (tmp_path / "distill" / "summary.json").write_text(json.dumps({"teacher": "t", "selection": "u", "phases": []}))
+    _fake_run(tmp_path / "bench", labels=("/m/teacher", "/m/hybrid"))
+    write_report(PipelineRecipe(str(tmp_path / "recipe"), DistillRecipe(teacher="/m/teacher")), str(tmp_path), {},
+                 {"teacher": {"base": "/m/teacher"}, "hybrid": {"base": "/m/hybrid"}})
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[2].startswith("**Under a wall-clock budget:** teacher (base) beats hybrid (base) in coverage at "
+                               "every budget from 0.5 s to 2 s"), lines[:4]
+    row = next(line for line in lines if line.startswith("| 2 s | 3 | 0.250 [0.000, "))  # the hybrid's, with its CI
+    assert row.endswith("| -0.750 ± 0.250 (loss) | -0.750 ± 0.250 (loss) |"), row
+
+
+@pytest.mark.slow
+def test_run_time_budget_with_tiny_models_end_to_end(tmp_path):
+    from helpers import tiny_teacher, tiny_tokenizer
+
+    from distill.evaluation.tasks import load_tasks
+    folder = tmp_path / "teacher"
+    tiny_teacher("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    specs = [str(folder), f"{folder}@attn=0.5"]
+    problems = load_tasks("synthetic:test:levels=1", n=2, seed=0)
+    r = run_time_budget(specs, problems, 1, [0.01, 0.1], [1, 2], str(tmp_path / "out"), max_samples=3,
+                        bootstrap=100, max_new_tokens=4, temperature=0.7, top_p=0.95, seed=0)
+    for m in specs:
+        meta = r["models"][m]
+        assert 1 <= meta["samples"] <= 3 and meta["seconds_per_sample"] > 0 and meta["tokens"] > 0
+        assert len(meta["batch_times"]) == math.ceil(2 * meta["samples"] / meta["best_batch"])
+    assert sorted(r["batch_order"]) == sorted(m for m in specs for _ in r["models"][m]["batch_times"])
+    assert r["reference"] == specs[0] and specs[1] in r["crossings"] and r["verdict"]
+    for name in ("time_budget.json", "time_budget.png", "time_budget.md"):
+        assert (tmp_path / "out" / name).is_file()
