@@ -62,6 +62,9 @@ class TrainArgs:
     keep_checkpoints: int = 1
     compile: bool = False  # torch.compile the module's forward (nn.Module.compile: parameter names unchanged)
     packed_linears: bool = False  # CPU float32: linears on packed weights (hybrid.prepack.packed_training_linears)
+    max_seconds: float = 0.0  # > 0: stop once the optimizer steps have taken this long (evaluation and saving not
+    # counted; kept across resumes), so that two methods can be compared at equal training time; the learning-rate
+    # schedule still follows `steps`
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -74,6 +77,8 @@ class TrainArgs:
             raise ValueError(f"lr={self.lr!r} must be positive")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio={self.min_lr_ratio!r} must lie in [0, 1]")
+        if not isinstance(self.max_seconds, (int, float)) or not 0 <= self.max_seconds < float("inf"):
+            raise ValueError(f"max_seconds={self.max_seconds!r} must be a non-negative number of seconds")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of auto, no, bf16, fp16")
 
@@ -320,6 +325,7 @@ class Trainer:
         self.loader = RowLoader(train_rows, args.batch_size, seed=args.seed, rank=self.acc.process_index,
                                 world=self.acc.num_processes)
         self.step = 0
+        self.seconds = 0.0  # wall time of the optimizer steps so far (args.max_seconds), kept in checkpoints
         self.history: list[dict] = []
         self.ckpt_root = os.path.join(out_dir, "checkpoints")
         self._tb = None
@@ -364,7 +370,7 @@ class Trainer:
             save_file(_own_storage(state), os.path.join(tmp, "module.safetensors"))
             _write_state(tmp, "trainer", {
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": _rng_state(),
-                "step": self.step, "position": self.loader.position, "history": self.history,
+                "step": self.step, "position": self.loader.position, "history": self.history, "seconds": self.seconds,
                 "args": asdict(self.args)})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -389,6 +395,7 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
             raise CheckpointError(f"{path}: does not fit this model and optimizer ({type(e).__name__}: {e})") from e
         self.step, self.loader.position, self.history = st["step"], st["position"], st["history"]
+        self.seconds = float(st.get("seconds", 0.0))  # checkpoints from before max_seconds: not counted
 
     def resume(self) -> str | None:
         """Load the newest readable checkpoint; returns its path (None: nothing to resume). A bad newer one is
@@ -507,9 +514,13 @@ class Trainer:
         peak = gemm_peak(self.step_dtype(), self.acc.device) * self.acc.num_processes
         return self.flops_per_token * model_tokens_per_s / peak
 
+    def out_of_time(self) -> bool:
+        return bool(self.args.max_seconds) and self.seconds >= self.args.max_seconds
+
     def run(self, resume: bool = False, stop_after: int | None = None) -> dict:
-        """Train to args.steps (from the latest checkpoint if resume). stop_after: raise StopRequested after that
-        many steps of this call (a simulated interruption)."""
+        """Train to args.steps, or until the steps have taken args.max_seconds (from the latest checkpoint if
+        resume); returns the final evaluation with the steps done and their seconds. stop_after: raise
+        StopRequested after that many steps of this call (a simulated interruption)."""
         torch.manual_seed(self.args.seed)
         random.seed(self.args.seed)
         if resume:
@@ -523,10 +534,12 @@ class Trainer:
             return self._loop(bar, t0, tokens, model_tokens, done_now, stop_after)
 
     def _loop(self, bar, t0: float, tokens: float, model_tokens: float, done_now: int, stop_after) -> dict:
-        while self.step < self.args.steps:
+        while self.step < self.args.steps and not self.out_of_time():
             position, rng = self.loader.position, _rng_state()
             try:
+                started = time.perf_counter()
                 rec = self.train_step()
+                self.seconds += time.perf_counter() - started
             except KeyboardInterrupt:
                 # Ctrl-C: the step in flight is dropped (its gradients never applied, its data and random numbers
                 # given back); the state after the last finished step is saved, so `resume` loses nothing.
@@ -546,7 +559,7 @@ class Trainer:
                 speed["mfu"] = self.mfu(model_tokens / elapsed)
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{speed['tokens_per_s']:.0f}")
-            if self.step % self.args.log_every == 0 or self.step == self.args.steps:
+            if self.step % self.args.log_every == 0 or self.step == self.args.steps or self.out_of_time():
                 self._log({"step": self.step, "stage": self.name, **rec, **speed})
             if self.args.eval_every and self.step % self.args.eval_every == 0 and self.step < self.args.steps:
                 self.evaluate()
@@ -559,7 +572,7 @@ class Trainer:
         final = self.evaluate()
         if not self.args.save_every or self.step % self.args.save_every:
             self.save()
-        return final
+        return {**final, "steps_done": self.step, "train_seconds": self.seconds}
 
 
 def count_targets(batch) -> int:

@@ -212,3 +212,38 @@ def test_ctrl_c_saves_the_last_finished_step_and_resume_continues_exactly(tmp_pa
     assert [r["loss"] for r in straight.history if "loss" in r] == [r["loss"] for r in second.history if "loss" in r]
     for (k, a), (_, b) in zip(s_model.state_dict().items(), r_model.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_max_seconds_stops_at_the_time_budget_and_counts_across_a_resume(tmp_path, monkeypatch):
+    """Each optimizer step takes 10 s of a fake clock: a 35 s budget stops after 4 steps (30 s < 35 s <= 40 s), the
+    steps' seconds survive a resume, and evaluation and saving are not counted."""
+    import distill.train as train_mod
+    now = {"t": 0.0}
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: now["t"])
+    trainer, _ = _kd_trainer(tmp_path / "a", steps=8, save_every=2)
+    trainer.args.max_seconds = 35.0
+    real = trainer.train_step
+
+    def ten_seconds():
+        now["t"] += 10.0
+        return real()
+
+    trainer.train_step = ten_seconds
+    record = trainer.run()
+    assert (record["steps_done"], record["train_seconds"], trainer.step) == (4, 40.0, 4)
+    assert [r["step"] for r in trainer.history if "loss" in r][-1] == 4  # the last step is logged
+    # interrupted after 2 steps (20 s), resumed: 2 more steps reach the budget, as one uninterrupted run does
+    first, _ = _kd_trainer(tmp_path / "b", steps=8, save_every=2)
+    first.args.max_seconds = 35.0
+    step_b = first.train_step
+    first.train_step = lambda: (now.__setitem__("t", now["t"] + 10.0), step_b())[1]
+    with pytest.raises(StopRequested):
+        first.run(stop_after=2)
+    second, _ = _kd_trainer(tmp_path / "b", steps=8, save_every=2)
+    second.args.max_seconds = 35.0
+    step_c = second.train_step
+    second.train_step = lambda: (now.__setitem__("t", now["t"] + 10.0), step_c())[1]
+    again = second.run(resume=True)
+    assert (again["steps_done"], again["train_seconds"]) == (4, 40.0)
+    with pytest.raises(ValueError, match="max_seconds=-1"):
+        TrainArgs(max_seconds=-1)

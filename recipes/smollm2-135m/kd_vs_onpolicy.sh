@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Offline KD against on-policy distillation at equal training time, on the long-reasoning reasoner of
+# long_reasoning.sh (RUN: its output folder, which holds the reasoner and the corpus of its answers). Both branches
+# convert the reasoner into the same 50 % Mamba2 hybrid (same transfer and align, same seed), then train for the
+# same SECONDS of optimizer steps: offline KD on the reasoner's answers, or on-policy distillation on the hybrid's
+# own samples of the task's prompts (sampling counted in its time). Then held-out pass@1 at ~200 and ~800-token
+# traces, paired against the reasoner, and the held-out KL of each branch.
+# Usage: kd_vs_onpolicy.sh RUN [OUT] [SECONDS]   (default OUT=RUN/kd-vs-onpolicy, SECONDS=900: about an hour in all)
+set -euo pipefail
+run=${1:?usage: kd_vs_onpolicy.sh RUN [OUT] [SECONDS]}
+out=${2:-$run/kd-vs-onpolicy}
+seconds=${3:-900}
+reasoner=$run/sft-teacher/final
+R=recipes/smollm2-135m-long/distill.yaml
+common=(--config $R --profile demo --set teacher="$reasoner" --set "schedule=[0.5]" --set data.source="$run/distill/corpus.jsonl"
+        --set data.format=prompt_completion --resume)
+hybrid-distill distill "${common[@]}" --set kd.steps=100000 --set kd.max_seconds=$seconds --set kd.save_every=5 \
+  --out "$out/offline-kd"
+hybrid-distill distill "${common[@]}" --set kd.steps=0 --set onpolicy.steps=100000 --set onpolicy.max_seconds=$seconds \
+  --set onpolicy.prompts=long:train:tokens=100..800 --set onpolicy.n=512 --set onpolicy.max_new_tokens=1024 \
+  --set onpolicy.batch_size=4 --set onpolicy.lr=2.0e-4 --set onpolicy.save_every=5 --out "$out/onpolicy"
+for t in 200 800; do
+  for m in offline-kd onpolicy; do
+    d=$out/eval-$t/$m
+    [ -f "$d/eval.json" ] || hybrid-distill eval --model "$out/$m/final" --tasks long:test:tokens=$t --n 16 \
+      --samples 2 --max-new-tokens $(( t * 5 / 4 + 64 )) --out "$d" --overwrite > /dev/null
+  done
+  hybrid-distill eval compare --runs "$run/retention/long-$t/reasoner" "$out/eval-$t/offline-kd" \
+    "$out/eval-$t/onpolicy" --out-json "$out/compare-$t.json" | tee "$out/compare-$t.md"
+done
+hybrid-distill summary "$out/offline-kd" "$out/onpolicy" --out "$out/summary.md"

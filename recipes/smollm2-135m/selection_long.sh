@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Which attention layers matter for long reasoning and for recall: the long-reasoning reasoner of
+# long_reasoning.sh (RUN) converted into 25 % hybrids (7 of 30 layers keep attention) with uniform, leave-one-out
+# and KL-guided layer selection, the same transfer / align / KD budget each (recipes/smollm2-135m-long demo
+# profile, on the reasoner's answers of RUN), then held-out pass@1 at ~800-token traces and the recall probe at
+# distance 256, paired against the reasoner.
+# Usage: selection_long.sh RUN [OUT]   (about 1.5 h on a 2-core CPU)
+set -euo pipefail
+run=${1:?usage: selection_long.sh RUN [OUT]}
+out=${2:-$run/selection}
+reasoner=$run/sft-teacher/final
+for s in uniform leave-one-out kl-guided; do
+  hybrid-distill distill --config recipes/smollm2-135m-long/distill.yaml --profile demo --set teacher="$reasoner" \
+    --set "schedule=[0.25]" --set select.strategy=$s --set data.source="$run/distill/corpus.jsonl" \
+    --set data.format=prompt_completion --out "$out/$s" --resume
+  for task in long:test:tokens=800 recall:test:distance=256; do
+    d=$out/eval/${task//[:=]/-}/$s
+    [ -f "$d/eval.json" ] || hybrid-distill eval --model "$out/$s/final" --tasks $task --n 16 --samples 2 \
+      --max-new-tokens 1064 --out "$d" --overwrite > /dev/null
+  done
+done
+for task in long-test-tokens-800 recall-test-distance-256; do
+  base=$run/retention/${task/-test-tokens-/-}; base=${base/-test-distance-/-}/reasoner
+  hybrid-distill eval compare --runs "$base" "$out/eval/$task/uniform" "$out/eval/$task/leave-one-out" \
+    "$out/eval/$task/kl-guided" --out-json "$out/compare-$task.json" | tee "$out/compare-$task.md"
+done
+hybrid-distill summary "$out/uniform" "$out/leave-one-out" "$out/kl-guided" --out "$out/summary.md"
