@@ -8,7 +8,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["hybrid", "hybrid.*", "distill", "distill.*"]),
+    # csrc/ is compiled on first use (hybrid/ops/csrc.py), so an installed package carries its sources: they are
+    # installed as hybrid/_csrc (package data), where the loader looks before the checkout's csrc/. The .cu files
+    # ship too but compile only where torch has CUDA.
+    packages=find_packages(include=["hybrid", "hybrid.*", "distill", "distill.*"]) + ["hybrid._csrc"],
+    package_dir={"hybrid._csrc": "csrc"},
+    package_data={"hybrid._csrc": ["*.cpp", "*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh", "cuda/*.cpp"]},
     install_requires=[
         # A range, so that an installed CPU build (2.13) satisfies it and nothing larger is pulled.
         "torch>=2.4,<2.15",

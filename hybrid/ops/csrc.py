@@ -1,7 +1,8 @@
 """The project's own kernels (csrc/), compiled on first use and cached by torch (~/.cache/torch_extensions).
 
 `extension()` returns the compiled module (named hybrid._C in the docs), or None when it cannot be built here
-(no compiler, no csrc/ beside the package): then the PyTorch path runs, after one warning.
+(no compiler, no sources): then the PyTorch path runs, after one warning. The sources are the checkout's csrc/, or in
+an installed package (`pip install .`, a wheel) the copy setup.py ships inside it as hybrid/_csrc.
 """
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import os
 
 logger = logging.getLogger(__name__)
 
-CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
+
+def _sources_dir() -> str:
+    """hybrid/_csrc where the package is installed (setup.py ships csrc/ there as package data), else csrc/ at the
+    root of the checkout the package is imported from (a source tree or an editable install)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../hybrid
+    installed = os.path.join(package, "_csrc")
+    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(package), "csrc")
+
+
+CSRC = _sources_dir()
 SOURCES = ["binding.cpp", "cpu/mamba2_step.cpp", "cpu/ssd_scan.cpp", "cpu/conv1d.cpp", "cpu/mamba1_step.cpp"]
 CUDA_SOURCES = ["cuda/mamba2_step.cu", "cuda/mamba2_step_torch.cpp", "cuda/ssd_scan.cu", "cuda/conv1d.cu",
                 "cuda/mamba1_step.cu", "cuda/scan_ops_torch.cpp"]  # only when torch has CUDA
