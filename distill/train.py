@@ -283,6 +283,33 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def shard_on_cpu() -> bool:
+    """Sharding on CPU processes (gloo), with the same accelerate code as on GPUs; returns whether the Accelerator
+    must be built with cpu=False (DeepSpeed).
+
+    Launched with recipes/accelerate/fsdp2.yaml (ACCELERATE_USE_FSDP), accelerate keeps its MULTI_CPU state on CPU
+    processes and silently trains replicated (DDP); its FSDP2 path (fully_shard per decoder layer, DTensor-aware
+    clipping, gathered state dicts) runs on gloo unchanged, so the process state is made to say FSDP, as accelerate's
+    own does on GPUs. With zero3.yaml (ACCELERATE_USE_DEEPSPEED) accelerate takes DeepSpeed only from cpu=False:
+    the gloo group is joined first, so that cpu=False finds it rather than looking for a GPU."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    if torch.cuda.is_available():
+        return False
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return process_state().distributed_type in (DistributedType.MULTI_CPU, DistributedType.DEEPSPEED)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+        return False
+    if process_state().distributed_type != DistributedType.MULTI_CPU:
+        return False  # one process, or switched already
+    plugin = FullyShardedDataParallelPlugin()  # from the launch's FSDP_* environment, as accelerate builds it
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"fsdp_version={plugin.fsdp_version}: only FSDP2 runs on CPU processes")
+    # AcceleratorState copies PartialState's shared state whenever it is built: both keys survive every rebuild
+    PartialState._shared_state.update(distributed_type=DistributedType.FSDP, fsdp_plugin=plugin)
+    return False
+
+
 class Trainer:
     """Trains the parameters of `module` that require grad.
 
@@ -307,7 +334,12 @@ class Trainer:
         if accelerator is None:
             _release_precision("no" if self.autocast_dtype else mp)
         self.acc = accelerator or Accelerator(mixed_precision="no" if self.autocast_dtype else mp,
-                                              cpu=not torch.cuda.is_available())
+                                              cpu=not torch.cuda.is_available() and not shard_on_cpu())
+        self.deepspeed = self.acc.distributed_type == "DEEPSPEED"
+        if self.deepspeed:  # no dataloader goes through prepare: DeepSpeed learns its batch settings from here
+            self.acc.state.deepspeed_plugin.deepspeed_config.update(
+                train_micro_batch_size_per_gpu=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+                gradient_clipping=args.max_grad_norm)
         self.flops_per_token = flops_per_token
         self.loss_step, self.eval_fn = loss_step, eval_fn
         self.count_fn = count_fn or count_targets
@@ -470,7 +502,11 @@ class Trainer:
             ctx = self.acc.no_sync(self.module) if i < len(micro) - 1 else _null()
             with ctx, self._autocast():
                 s, parts = self.loss_step(self.module, batch)
-                self.acc.backward(s * scale)
+                if self.deepspeed:  # the engine steps inside backward, after the last micro-batch; the loss is
+                    self.acc.sync_gradients = i == len(micro) - 1  # scaled already (no division by accumulation)
+                    self.acc.backward(s * scale, scale_wrt_gas=False)
+                else:
+                    self.acc.backward(s * scale)
             loss_sum += s.detach().float()
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v.float()

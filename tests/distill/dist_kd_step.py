@@ -1,41 +1,87 @@
-"""One KD optimizer step on a fixed global batch of 4 rows; run with 1 process (accum 2) or 2 (accum 1).
+"""One KD optimizer step on a fixed global batch of 2 x ACCUM x processes rows: 1 process with accum 2 is the step
+of 2 processes with accum 1.
+Writes OUT.json (loss, checksum of the trained parameters, the shape of each parameter and of the part every rank
+holds), OUT.safetensors and OUT_start.safetensors (the full parameters after and before the step, gathered from
+the shards under FSDP2 / ZeRO-3).
 
-    python tests/dist_kd_step.py OUT.json ACCUM
-    accelerate launch --multi_gpu --num_processes 2 tests/dist_kd_step.py OUT.json 1
+    python tests/distill/dist_kd_step.py OUT.json ACCUM
+    accelerate launch --multi_gpu --num_processes 2 tests/distill/dist_kd_step.py OUT.json 1
+    accelerate launch --config_file recipes/accelerate/{fsdp2,zero3}.yaml --num_processes 2 --mixed_precision no \
+        tests/distill/dist_kd_step.py OUT.json 1
 """
 import json
 import os
 import sys
 
 import torch
+from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TESTS = os.path.dirname(HERE)
-# test_training beside it, helpers in tests/, and the repository first: a regular package there wins over the
-# namespace folders tests/distill and tests/hybrid
-sys.path[:0] = [os.path.dirname(TESTS), HERE, TESTS]
-from helpers import tiny_teacher  # noqa: E402
-from test_training import tiny_rows  # noqa: E402
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# helpers in tests/, and the repository first: a regular package there wins over the namespace folders
+# tests/distill and tests/hybrid
+sys.path[:0] = [os.path.dirname(TESTS), TESTS]
+from helpers import tiny_rows, tiny_teacher  # noqa: E402
 
 from distill import hybridize  # noqa: E402
 from distill.conversion.kd import kd_loss_step, set_trainable  # noqa: E402
 from distill.train import Trainer, TrainArgs  # noqa: E402
 
-out, accum = sys.argv[1], int(sys.argv[2])
-teacher = tiny_teacher("llama").requires_grad_(False)
-student = hybridize(teacher, [1])
-set_trainable(student, "mixers+mlp")
-rows = tiny_rows(40)
-args = TrainArgs(steps=1, batch_size=2, grad_accum=accum, lr=1e-2, warmup_steps=0, log_every=1)
-trainer = Trainer(student, kd_loss_step(teacher, {"kl": 1.0}), rows, args, os.path.dirname(out) + "/run")
-rec = trainer.train_step()
-if trainer.acc.is_main_process:
+
+def kd_step(out: str, accum: int) -> dict:
+    """One KD optimizer step of the Trainer under this process's accelerate setting; rank 0 writes the files the
+    module docstring names, every rank returns the record."""
+    teacher = tiny_teacher("llama").requires_grad_(False)
+    student = hybridize(teacher, [1])
+    set_trainable(student, "mixers+mlp")
+    args = TrainArgs(steps=1, batch_size=2, grad_accum=accum, lr=1e-2, warmup_steps=0, log_every=1)
+    trainer = Trainer(student, kd_loss_step(teacher, {"kl": 1.0}), tiny_rows(40), args, os.path.dirname(out) + "/run")
     model = trainer.acc.unwrap_model(trainer.module)
-    checksum = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
-    with open(out, "w") as f:
-        json.dump({"loss": rec["loss"], "checksum": checksum, "world": trainer.acc.num_processes,
-                   "distributed_type": str(trainer.acc.distributed_type),
-                   "sharded": any(type(p).__name__ == "DTensor" for p in model.parameters())}, f)
-trainer.acc.wait_for_everyone()
-if torch.distributed.is_initialized():  # a clean shutdown: gloo's threads otherwise abort the process at exit
-    torch.distributed.destroy_process_group()
+    start = full_parameters(model)
+    rec = trainer.train_step()
+    after = full_parameters(model)
+    local = {n: list(held_part(p).shape) for n, p in model.named_parameters()}
+    held = [local]
+    if torch.distributed.is_initialized():
+        held = [None] * trainer.acc.num_processes
+        torch.distributed.all_gather_object(held, local)
+    record = {"loss": rec["loss"], "grad_norm": rec.get("grad_norm"), "world": trainer.acc.num_processes,
+              "checksum": sum(float(after[n].double().sum()) for n in sorted(trainable(model))),
+              "max_update": max(float((after[n] - start[n]).abs().max()) for n in trainable(model)),
+              "distributed_type": str(trainer.acc.distributed_type),
+              "sharded": any(held_part(p) is not p for p in model.parameters()),
+              "shape": {n: list(t.shape) for n, t in after.items()}, "local_shape": held}
+    if trainer.acc.is_main_process:
+        save_file(after, os.path.splitext(out)[0] + ".safetensors")
+        save_file(start, os.path.splitext(out)[0] + "_start.safetensors")
+        with open(out, "w") as f:
+            json.dump(record, f)
+    trainer.acc.wait_for_everyone()
+    return record
+
+
+def trainable(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def held_part(p: torch.nn.Parameter) -> torch.Tensor:
+    """The part of a parameter this rank holds: its local shard of a DTensor (FSDP2), its flat partition (ZeRO-3)."""
+    if isinstance(p, DTensor):
+        return p.to_local()
+    return getattr(p, "ds_tensor", p)
+
+
+def full_parameters(model) -> dict[str, torch.Tensor]:
+    """Every parameter whole, on the CPU, gathered from the ranks' shards (a collective: every rank calls it)."""
+    if any(hasattr(p, "ds_tensor") for p in model.parameters()):
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            return {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
+    return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu().clone()
+            for n, p in model.named_parameters()}
+
+
+if __name__ == "__main__":
+    kd_step(sys.argv[1], int(sys.argv[2]))
+    if torch.distributed.is_initialized():  # a clean shutdown: gloo's threads otherwise abort the process at exit
+        torch.distributed.destroy_process_group()
