@@ -14,6 +14,9 @@
   trainer.safetensors (optimizer moments, torch RNG states) and trainer.json (everything else, tensors named by
   reference). An unreadable checkpoint raises CheckpointError naming the file; resume then falls back to the
   previous kept one (keep_checkpoints > 1) or refuses.
+- Under FSDP2 the checkpoint holds the whole weights and optimizer state, gathered onto rank 0, laid out as one
+  process's: a sharded run resumes from an unsharded run's checkpoint and vice versa (tested). ZeRO-3 runs are
+  refused: their partitioned optimizer state is not gathered.
 - A non-finite loss stops the run with an error naming the step; the last good checkpoint is kept.
 - Ctrl-C saves the state after the last finished step before stopping.
 """
@@ -233,6 +236,32 @@ def read_checkpoint(folder: str) -> tuple[dict, dict]:
     return module_state, st
 
 
+def _numbered(osd: dict) -> dict:
+    """An optimizer state dict keyed by parameter name (torch.distributed.checkpoint's) -> keyed as
+    Optimizer.state_dict keys it, each parameter numbered by its place in param_groups, so that a checkpoint of a
+    sharded run reads like one of a single process."""
+    ids = {name: i for i, name in enumerate(n for g in osd["param_groups"] for n in g["params"])}
+    return {"state": {ids[name]: v for name, v in osd["state"].items()},
+            "param_groups": [{**g, "params": [ids[n] for n in g["params"]]} for g in osd["param_groups"]]}
+
+
+def _named(osd: dict, groups: list[list[str]]) -> dict:
+    """The inverse of _numbered: `groups` names the parameters of each of this optimizer's param_groups."""
+    sizes = [len(g["params"]) for g in osd["param_groups"]]
+    if sizes != [len(g) for g in groups]:
+        raise ValueError(f"parameter groups of sizes {sizes} do not fit this optimizer's {[len(g) for g in groups]}")
+    names = [n for g in groups for n in g]
+    return {"state": {names[i]: v for i, v in osd["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
+
+
+def _refuse_zero3(what: str) -> None:
+    raise NotImplementedError(
+        f"{what} under DeepSpeed ZeRO-3 is not supported: the checkpoint format holds a whole optimizer state, and "
+        "ZeRO-3's partitioned one (fp32 master weights, moments, loss scaler) is not gathered into it; train sharded "
+        "with recipes/accelerate/fsdp2.yaml instead (distill/README.md, Scaling out)")
+
+
 def _check_trainer_state(st, where: str) -> None:
     expect = {"step": int, "position": int, "history": list, "optimizer": dict, "scheduler": dict, "rng": dict}
     if not isinstance(st, dict):
@@ -392,8 +421,11 @@ class Trainer:
         self.acc.wait_for_everyone()
         name = f"step-{self.step:07d}"
         final = os.path.join(self.ckpt_root, name)
-        # get_state_dict gathers FSDP / ZeRO-3 shards (a collective: every rank calls it)
+        if self.deepspeed:
+            _refuse_zero3("saving a checkpoint")
+        # get_state_dict gathers FSDP2 shards (a collective: every rank calls it), and so does _optimizer_state
         state = self.acc.get_state_dict(self.module)
+        optimizer = self._optimizer_state()
         if self.acc.is_main_process:
             from safetensors.torch import save_file
             tmp = final + ".tmp"
@@ -401,7 +433,7 @@ class Trainer:
             os.makedirs(tmp)
             save_file(_own_storage(state), os.path.join(tmp, "module.safetensors"))
             _write_state(tmp, "trainer", {
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": _rng_state(),
+                "optimizer": optimizer, "scheduler": self.sched.state_dict(), "rng": _rng_state(),
                 "step": self.step, "position": self.loader.position, "history": self.history, "seconds": self.seconds,
                 "args": asdict(self.args)})
             shutil.rmtree(final, ignore_errors=True)
@@ -417,17 +449,47 @@ class Trainer:
 
     def load(self, path: str) -> None:
         """Restore the state saved in `path`; CheckpointError names the file when it cannot be read."""
+        if self.deepspeed:
+            _refuse_zero3("resuming from a checkpoint")
         module_state, st = read_checkpoint(path)
         module = self.acc.unwrap_model(self.module)
         try:
-            module.load_state_dict(module_state)
-            self.opt.load_state_dict(st["optimizer"])
+            if self.acc.is_fsdp2:
+                self._load_sharded(module_state, st["optimizer"])
+            else:
+                module.load_state_dict(module_state)
+                self.opt.load_state_dict(st["optimizer"])
             self.sched.load_state_dict(st["scheduler"])
             _set_rng_state(st["rng"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
             raise CheckpointError(f"{path}: does not fit this model and optimizer ({type(e).__name__}: {e})") from e
         self.step, self.loader.position, self.history = st["step"], st["position"], st["history"]
         self.seconds = float(st.get("seconds", 0.0))  # checkpoints from before max_seconds: not counted
+
+    def _optimizer_state(self) -> dict:
+        """The optimizer's state dict, whole. Under FSDP2 its moments are DTensor shards: they are gathered onto
+        rank 0 (a collective; the other ranks get {}) and numbered as an unsharded optimizer numbers its parameters,
+        so that a checkpoint resumes under any number of processes."""
+        if not self.acc.is_fsdp2:
+            return self.opt.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        whole = get_optimizer_state_dict(self.module, self.opt.optimizer,
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return _numbered(whole) if whole else {}
+
+    def _load_sharded(self, module_state: dict, optimizer: dict) -> None:
+        """Whole weights and optimizer state (as every rank read them) into this rank's FSDP2 shards (collectives)."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                             set_model_state_dict, set_optimizer_state_dict)
+        whole = StateDictOptions(full_state_dict=True)
+        # set_model_state_dict keeps the current value of a weight the checkpoint lacks; the unsharded load refuses
+        missing = sorted(self.module.state_dict().keys() - module_state.keys())
+        if missing:
+            raise KeyError(f"the checkpoint lacks {len(missing)} weights: {missing[:3]}")
+        set_model_state_dict(self.module, module_state, options=whole)
+        # the names torch.distributed.checkpoint gives this optimizer's parameters, in param_groups order (no gather)
+        groups = [g["params"] for g in get_optimizer_state_dict(self.module, self.opt.optimizer)["param_groups"]]
+        set_optimizer_state_dict(self.module, self.opt.optimizer, _named(optimizer, groups), options=whole)
 
     def resume(self) -> str | None:
         """Load the newest readable checkpoint; returns its path (None: nothing to resume). A bad newer one is
@@ -557,6 +619,8 @@ class Trainer:
         """Train to args.steps, or until the steps have taken args.max_seconds (from the latest checkpoint if
         resume); returns the final evaluation with the steps done and their seconds. stop_after: raise
         StopRequested after that many steps of this call (a simulated interruption)."""
+        if self.deepspeed:  # every run saves a checkpoint, at the end at least: refused before training, not after
+            _refuse_zero3("a Trainer run (it saves checkpoints)")
         torch.manual_seed(self.args.seed)
         random.seed(self.args.seed)
         if resume:

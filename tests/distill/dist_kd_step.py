@@ -8,9 +8,15 @@ the shards under FSDP2 / ZeRO-3).
     accelerate launch --multi_gpu --num_processes 2 tests/distill/dist_kd_step.py OUT.json 1
     accelerate launch --config_file recipes/accelerate/{fsdp2,zero3}.yaml --num_processes 2 --mixed_precision no \
         tests/distill/dist_kd_step.py OUT.json 1
+
+With --run (the same launches): Trainer.run of RUN_STEPS steps saving a checkpoint every 2 (OUT_run/checkpoints);
+with --resume CHECKPOINT it continues from that checkpoint folder instead of starting. Rank 0 writes
+OUT.safetensors, the full parameters at the end.
 """
+import argparse
 import json
 import os
+import shutil
 import sys
 
 import torch
@@ -28,14 +34,19 @@ from distill.conversion.kd import kd_loss_step, set_trainable  # noqa: E402
 from distill.train import Trainer, TrainArgs  # noqa: E402
 
 
-def kd_step(out: str, accum: int) -> dict:
-    """One KD optimizer step of the Trainer under this process's accelerate setting; rank 0 writes the files the
-    module docstring names, every rank returns the record."""
+def kd_trainer(args: TrainArgs, run_dir: str) -> Trainer:
+    """The Trainer of a KD stage: the tiny Llama teacher, its hybrid with layer 1 a mixer, mixers and MLPs trained."""
     teacher = tiny_teacher("llama").requires_grad_(False)
     student = hybridize(teacher, [1])
     set_trainable(student, "mixers+mlp")
+    return Trainer(student, kd_loss_step(teacher, {"kl": 1.0}), tiny_rows(40), args, run_dir)
+
+
+def kd_step(out: str, accum: int) -> dict:
+    """One KD optimizer step of the Trainer under this process's accelerate setting; rank 0 writes the files the
+    module docstring names, every rank returns the record."""
     args = TrainArgs(steps=1, batch_size=2, grad_accum=accum, lr=1e-2, warmup_steps=0, log_every=1)
-    trainer = Trainer(student, kd_loss_step(teacher, {"kl": 1.0}), tiny_rows(40), args, os.path.dirname(out) + "/run")
+    trainer = kd_trainer(args, os.path.dirname(out) + "/run")
     model = trainer.acc.unwrap_model(trainer.module)
     start = full_parameters(model)
     rec = trainer.train_step()
@@ -81,7 +92,39 @@ def full_parameters(model) -> dict[str, torch.Tensor]:
             for n, p in model.named_parameters()}
 
 
+RUN_STEPS = 4
+
+
+def kd_run(out: str, accum: int, resume: str | None = None) -> dict[str, torch.Tensor]:
+    """RUN_STEPS KD optimizer steps of Trainer.run on the rows of kd_step, a checkpoint every 2 steps (both kept);
+    `resume`: a checkpoint folder to continue from, copied into this run's checkpoints and named `latest`, as a
+    resumed run finds its own. Rank 0 writes OUT.safetensors; every rank returns the full parameters at the end."""
+    args = TrainArgs(steps=RUN_STEPS, batch_size=2, grad_accum=accum, lr=1e-2, warmup_steps=0, log_every=1,
+                     save_every=2, keep_checkpoints=2, mixed_precision="no")
+    trainer = kd_trainer(args, os.path.splitext(out)[0] + "_run")
+    if resume is not None and trainer.acc.is_main_process:
+        shutil.copytree(resume, os.path.join(trainer.ckpt_root, os.path.basename(resume)))
+        with open(os.path.join(trainer.ckpt_root, "latest"), "w") as f:
+            f.write(os.path.basename(resume))
+    trainer.acc.wait_for_everyone()
+    trainer.run(resume=resume is not None)
+    after = full_parameters(trainer.acc.unwrap_model(trainer.module))
+    if trainer.acc.is_main_process:
+        save_file(after, os.path.splitext(out)[0] + ".safetensors")
+    trainer.acc.wait_for_everyone()
+    return after
+
+
 if __name__ == "__main__":
-    kd_step(sys.argv[1], int(sys.argv[2]))
+    cli = argparse.ArgumentParser()
+    cli.add_argument("out")
+    cli.add_argument("accum", type=int)
+    cli.add_argument("--run", action="store_true")
+    cli.add_argument("--resume")
+    a = cli.parse_args()
+    if a.run:
+        kd_run(a.out, a.accum, a.resume)
+    else:
+        kd_step(a.out, a.accum)
     if torch.distributed.is_initialized():  # a clean shutdown: gloo's threads otherwise abort the process at exit
         torch.distributed.destroy_process_group()
