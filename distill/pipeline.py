@@ -355,7 +355,8 @@ def write_report(recipe: PipelineRecipe, out: str, done: dict, models: dict) -> 
     for sentence in (tb or {}).get("verdict", "").splitlines():
         verdict_rows.append(len(lines))
         lines += [f"**Under a wall-clock budget:** {sentence}", ""]
-    lines += [f"teacher `{recipe.distill.teacher}`; hybrid `{os.path.join(out, 'distill', 'final')}` "
+    reasoner = f" (the reasoner: `{distill_teacher(recipe, out)}`)" if _reasoner_first(recipe) else ""
+    lines += [f"teacher `{recipe.distill.teacher}`{reasoner}; hybrid `{os.path.join(out, 'distill', 'final')}` "
               f"({recipe.distill.mixer}, attention kept: schedule {recipe.distill.schedule})", "",
               _protocol_line(recipe), ""]
     report: dict = {"recipe": recipe.folder, "protocol": recipe.pipeline.protocol, "stages": done}

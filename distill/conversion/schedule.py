@@ -166,6 +166,8 @@ def _run_phase(run: _Run, phase, student, teacher, data, ctx: PhaseContext):
     record["cpu_seconds"] = time.process_time() - c0
     if run.state.is_main_process:
         student.save_pretrained(os.path.join(folder, "model"))
+        if ctx.tokenizer is not None:  # every phase's model loads and generates on its own (e.g. `eval --model`)
+            ctx.tokenizer.save_pretrained(os.path.join(folder, "model"))
     run.state.wait_for_everyone()
     run.progress.finish(key, record)
     return student

@@ -169,6 +169,8 @@ def test_reasoner_first_converts_the_sft_teacher_on_its_own_answers_and_skips_hy
     assert stages["rl-teacher"]["from"] == str(out / "sft-teacher" / "final")
     assert not (out / "sft-hybrid").exists()
     report = (out / "report.md").read_text()
+    assert f"(the reasoner: `{out / 'sft-teacher' / 'final'}`)" in report
+    assert os.path.isfile(out / "distill" / "stage0" / "kd" / "model" / "tokenizer_config.json")  # loads alone
     assert "Protocol: reasoner-first" in report and "| hybrid | sft |" not in report and "| hybrid | rl |" in report
     assert json.loads((out / "report.json").read_text())["protocol"] == "reasoner-first"
 
