@@ -292,7 +292,8 @@ def _open_stages(recipe: PipelineRecipe, out: str, resume: bool, allow_changes: 
     state.wait_for_everyone()  # every rank has checked before rank 0 can write stages.json
     os.makedirs(out, exist_ok=True)
     if state.is_main_process:  # a resumed run with another recipe is refused unless allow_changes
-        record_recipe(out, _recipe_record(recipe), resume=resume, allow_changes=allow_changes)
+        record_recipe(out, _recipe_record(recipe), resume=resume, allow_changes=allow_changes,
+                      defaults=_recipe_record(recipe, defaults=True))
     state.wait_for_everyone()
     return Record(os.path.join(out, "stages.json"), write=state.is_main_process)
 
@@ -325,9 +326,10 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
     return json.load(open(os.path.join(out, "report.json")))
 
 
-def _recipe_record(recipe: PipelineRecipe) -> dict:
-    """Every stage file's settings, as the pipeline ran them (compared on --resume)."""
-    return {name: asdict(cfg) for name in ("distill", "sft", "rl", "bench", "pipeline")
+def _recipe_record(recipe: PipelineRecipe, defaults: bool = False) -> dict:
+    """Every stage file's settings, as the pipeline ran them (compared on --resume); defaults: each file's default
+    values instead."""
+    return {name: asdict(type(cfg)() if defaults else cfg) for name in ("distill", "sft", "rl", "bench", "pipeline")
             if (cfg := getattr(recipe, name)) is not None}
 
 

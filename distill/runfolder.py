@@ -199,12 +199,14 @@ def _flat(data, prefix: str = "") -> dict:
     return {prefix.rstrip("."): data}
 
 
-def recipe_changes(old: dict, new: dict) -> dict[str, tuple]:
-    """{dotted key: (stored value, given value)} for every key whose value differs (or exists on one side only)."""
-    a, b = _flat(old), _flat(new)
+def recipe_changes(old: dict, new: dict, defaults: dict | None = None) -> dict[str, tuple]:
+    """{dotted key: (stored value, given value)} for every key whose value differs (or exists on one side only). A
+    key the stored recipe lacks is no change where the given value is that key's default (`defaults`, the same
+    shape as `new`): a setting added to the toolkit after the run started, left as it was."""
+    a, b, d = _flat(old), _flat(new), _flat(defaults or {})
     missing = "<absent>"
     return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b)) if a.get(k, missing) !=
-            b.get(k, missing)}
+            b.get(k, missing) and not (k not in a and k in d and d[k] == b[k])}
 
 
 def _in_force(out: str, path: str) -> dict:
@@ -225,14 +227,18 @@ def _in_force(out: str, path: str) -> dict:
         raise ValueError(f"{path}: cannot parse the stored recipe ({err})") from None
 
 
-def record_recipe(out: str, recipe: dict, resume: bool, allow_changes: bool = False, name: str = "recipe.yaml"):
-    """Write the recipe of a new run, or check a resumed run's recipe against it (see the module docstring)."""
+def record_recipe(out: str, recipe: dict, resume: bool, allow_changes: bool = False, name: str = "recipe.yaml",
+                  defaults: dict | None = None):
+    """Write the recipe of a new run, or check a resumed run's recipe against it (see the module docstring);
+    `defaults`: the recipe's default values (recipe_changes), so that a run started before a setting existed
+    resumes while that setting keeps its default."""
     path = os.path.join(out, name)
     # through YAML and back, so that tuples, numbers and nested dataclasses compare as they are stored
     given = yaml.safe_load(yaml.safe_dump(recipe, sort_keys=False))
     if resume and os.path.isfile(path):
         stored = _in_force(out, path)
-        changes = recipe_changes(stored, given)
+        defaults = yaml.safe_load(yaml.safe_dump(defaults, sort_keys=False)) if defaults else None
+        changes = recipe_changes(stored, given, defaults)
         if not changes:
             return
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())

@@ -39,6 +39,7 @@ def main(args) -> int:
     inputs = [args.config, cfg.model, cfg.data, getattr(cfg, "teacher", None)]
     with claim(args, cfg.out, inputs, resume=args.resume):
         if is_main_rank():
-            record_recipe(cfg.out, dataclasses.asdict(cfg), resume=args.resume, allow_changes=args.allow_changes)
+            record_recipe(cfg.out, dataclasses.asdict(cfg), resume=args.resume, allow_changes=args.allow_changes,
+                          defaults=dataclasses.asdict(type(cfg)()))
         print(f"-> {getattr(mod, run)(cfg, resume=args.resume)}")
     return 0

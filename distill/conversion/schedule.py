@@ -111,7 +111,8 @@ def _open_progress(recipe: DistillRecipe, out: str, resume: bool, allow_changes:
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     state.wait_for_everyone()
     if state.is_main_process:
-        record_recipe(out, recipe_to_dict(recipe), resume=resume, allow_changes=allow_changes)
+        record_recipe(out, recipe_to_dict(recipe), resume=resume, allow_changes=allow_changes,
+                      defaults=recipe_to_dict(type(recipe)()))
     return Record(os.path.join(out, "progress.json"), write=state.is_main_process)
 
 

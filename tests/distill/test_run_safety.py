@@ -161,6 +161,14 @@ def test_recipe_changes_lists_nested_added_and_removed_keys():
     old = {"kd": {"lr": 1e-3, "loss": {"kl": 1.0}}, "seed": 0}
     new = {"kd": {"lr": 1e-3, "loss": {"kl": 1.0, "ce": 0.5}}, "seed": 1}
     assert recipe_changes(old, new) == {"kd.loss.ce": ("<absent>", 0.5), "seed": (0, 1)}
+    # a setting the stored recipe predates is no change while it keeps its default, and is one when it does not
+    added = {"kd": {"lr": 1e-3, "loss": {"kl": 1.0}, "max_seconds": 0.0}, "seed": 0}
+    defaults = {"kd": {"lr": 3e-4, "loss": {"kl": 1.0}, "max_seconds": 0.0}, "seed": 0}
+    assert recipe_changes(old, added, defaults) == {}
+    added["kd"]["max_seconds"] = 60.0
+    assert recipe_changes(old, added, defaults) == {"kd.max_seconds": ("<absent>", 60.0)}
+    assert recipe_changes(old, {"kd": {"lr": 3e-4, "loss": {"kl": 1.0}}, "seed": 0}, defaults) == {
+        "kd.lr": (1e-3, 3e-4)}  # a stored value changed to the default is still a change
 
 
 # ---------------- one error path ----------------
