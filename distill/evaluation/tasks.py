@@ -540,9 +540,17 @@ _LONG_WORDS = {"add": "add", "subtract": "subtract", "multiply": "multiply by"}
 _LONG_SIGNS = {"add": "+", "subtract": "-", "multiply": "*"}
 
 
-def long_steps(tokens: int) -> int:
+LONG_MODULI = (10, 100)  # mod=10: single-digit steps (a+b, a-b, a*b of digits), for models too small for mod 100
+# tokens per trace line and overhead at mod=10, fitted as the mod=100 constants above (96 problems, seed 1, train
+# and test, tokens = 100..2000, SmolLM2's tokenizer): 15.65 a line ("12. 7 * 4 = 28 -> 8"), 6.9 beside them
+LONG_TOKENS_PER_STEP_MOD10, LONG_OVERHEAD_TOKENS_MOD10 = 15.65, 7
+
+
+def long_steps(tokens: int, mod: int = MOD) -> int:
     """Operations in a `long` problem whose gold trace is about `tokens` SmolLM2 tokens (at least one)."""
-    return max(1, round((tokens - LONG_OVERHEAD_TOKENS) / LONG_TOKENS_PER_STEP))
+    per, overhead = (LONG_TOKENS_PER_STEP, LONG_OVERHEAD_TOKENS) if mod == MOD else (
+        LONG_TOKENS_PER_STEP_MOD10, LONG_OVERHEAD_TOKENS_MOD10)
+    return max(1, round((tokens - overhead) / per))
 
 
 def recall_lines(distance: int) -> int:
@@ -561,19 +569,20 @@ def _size(value, name: str, low: int) -> int:
     return number
 
 
-def _long_one(rng: random.Random, steps: int) -> Problem:
-    """A running computation modulo MOD: a start value and `steps` operations, each easy, all needed."""
-    start = value = rng.randint(2, MOD - 1)
+def _long_one(rng: random.Random, steps: int, mod: int = MOD) -> Problem:
+    """A running computation modulo `mod`: a start value and `steps` operations, each easy, all needed. Operands:
+    2..9 for multiplication, 2..50 (mod 100) or 2..9 (mod 10) for addition and subtraction."""
+    start = value = rng.randint(2, mod - 1)
     ops, lines = [], [f"Start: {start}"]
     for i in range(1, steps + 1):
         kind = rng.choices(("add", "subtract", "multiply"), weights=(4, 3, 3))[0]
-        b = rng.randint(2, 9) if kind == "multiply" else rng.randint(2, 50)
+        b = rng.randint(2, 9) if kind == "multiply" or mod == 10 else rng.randint(2, 50)
         raw = {"add": value + b, "subtract": value - b, "multiply": value * b}[kind]
         ops.append(f"{i}. {_LONG_WORDS[kind]} {b}")
-        lines.append(f"{i}. {value} {_LONG_SIGNS[kind]} {b} = {raw} -> {raw % MOD}")
-        value = raw % MOD
+        lines.append(f"{i}. {value} {_LONG_SIGNS[kind]} {b} = {raw} -> {raw % mod}")
+        value = raw % mod
     text = (f"Start with the number {start}. Apply these {steps} operations in order; after each one keep "
-            f"only the remainder modulo {MOD} (a number from 0 to {MOD - 1}).\n" + "\n".join(ops) +
+            f"only the remainder modulo {mod} (a number from 0 to {mod - 1}).\n" + "\n".join(ops) +
             "\nWhat is the final number?")
     solution = "<think>\n" + "\n".join(lines) + "\n</think>\nThe answer is \\boxed{" + str(value) + "}."
     return Problem(id="long-" + hashlib.sha1(text.encode()).hexdigest()[:12], problem=text, answer=str(value),
@@ -623,16 +632,20 @@ def _draw(make, n: int, split: str, seed, what: str) -> list[Problem]:
 
 
 def long_reasoning(n: int, split: str = "train", tokens: int | tuple[int, int] = LONG_DEFAULT_TOKENS,
-                   seed: int = 0) -> list[Problem]:
+                   seed: int = 0, mod: int = MOD) -> list[Problem]:
     """n distinct `long` problems of `split` whose gold traces are about `tokens` SmolLM2 tokens; seeded. A pair
     (low, high) draws each problem's number of operations uniformly between those of `low` and `high` tokens
     (training on mixed lengths, so that a model learns to stop when the operations do)."""
+    if mod not in LONG_MODULI:
+        raise ValueError(f"mod={mod!r} is not one of {', '.join(map(str, LONG_MODULI))}")
     low, high = (tokens, tokens) if not isinstance(tokens, tuple) else tokens
-    lo, hi = long_steps(_size(low, "tokens", 1)), long_steps(_size(high, "tokens", 1))
+    lo, hi = long_steps(_size(low, "tokens", 1), mod), long_steps(_size(high, "tokens", 1), mod)
     if lo > hi:
         raise ValueError(f"tokens={low}..{high}: the low end exceeds the high end")
     what = f"long:tokens={low}" if lo == hi and low == high else f"long:tokens={low}..{high}"
-    return _draw(lambda rng: _long_one(rng, rng.randint(lo, hi) if lo < hi else lo), n, split, f"long-{seed}", what)
+    seeded = f"long-{seed}" if mod == MOD else f"long-{seed}-mod{mod}"  # mod=100 draws what it always drew
+    return _draw(lambda rng: _long_one(rng, rng.randint(lo, hi) if lo < hi else lo, mod), n, split, seeded,
+                 what + ("" if mod == MOD else f":mod={mod}"))
 
 
 def recall_probe(n: int, split: str = "train", distance: int = RECALL_DEFAULT_DISTANCE,
@@ -642,19 +655,21 @@ def recall_probe(n: int, split: str = "train", distance: int = RECALL_DEFAULT_DI
     return _draw(lambda rng: _recall_one(rng, lines), n, split, f"recall-{seed}", f"recall:distance={distance}")
 
 
-def _family_spec(spec: str, option: str) -> tuple[str, str | None]:
-    """(split, option value or None) of `family[:split[:option=N]]`; ValueError naming any bad part."""
+def _family_spec(spec: str, option: str, *more: str) -> tuple:
+    """(split, value of `option`, values of `more`..., each None where absent) of
+    `family[:split[:option=N][:more=M]]`; ValueError naming any bad part."""
     parts = spec.split(":")
     split = parts[1] if len(parts) > 1 else "test"
     if split not in ("train", "test"):
         raise ValueError(f"{spec!r}: split {split!r} is not one of train, test")
-    value = None
+    names = (option, *more)
+    values = dict.fromkeys(names)
     for extra in parts[2:]:
         name, eq, v = extra.partition("=")
-        if name != option or not eq:
-            raise ValueError(f"{spec!r}: unknown option {extra!r} (expected {option}=N)")
-        value = v
-    return split, value
+        if name not in names or not eq:
+            raise ValueError(f"{spec!r}: unknown option {extra!r} (expected {'=N, '.join(names)}=N)")
+        values[name] = v
+    return (split, *values.values())
 
 
 # ---------------- loaders ----------------
@@ -691,16 +706,19 @@ def load_math(path: str) -> list[Problem]:
 
 
 def load_tasks(spec: str, n: int | None = None, seed: int = 0) -> list[Problem]:
-    """`synthetic:test` / `synthetic:train[:levels=1,2]`, `long:<split>[:tokens=N or LOW..HIGH]` (default 500),
+    """`synthetic:test` / `synthetic:train[:levels=1,2]`, `long:<split>[:tokens=N or LOW..HIGH][:mod=10]` (default
+    500 tokens, mod 100),
     `recall:<split>[:distance=N]` (default 256), a GSM8K- or MATH-style .jsonl, or a HF dataset id."""
     if spec == "long" or spec.startswith("long:"):
-        split, tokens = _family_spec(spec, "tokens")
+        split, tokens, mod = _family_spec(spec, "tokens", "mod")
+        if mod is not None and mod not in {str(m) for m in LONG_MODULI}:
+            raise ValueError(f"{spec!r}: mod={mod!r} is not one of {', '.join(map(str, LONG_MODULI))}")
         if tokens is not None and ".." in tokens:  # a range: tokens=LOW..HIGH
             low, _, high = tokens.partition("..")
             size = (_size(low, "tokens", 1), _size(high, "tokens", 1))
         else:
             size = LONG_DEFAULT_TOKENS if tokens is None else _size(tokens, "tokens", 1)
-        return long_reasoning(n if n is not None else 100, split, size, seed)
+        return long_reasoning(n if n is not None else 100, split, size, seed, MOD if mod is None else int(mod))
     if spec == "recall" or spec.startswith("recall:"):
         split, distance = _family_spec(spec, "distance")
         return recall_probe(n if n is not None else 100, split,

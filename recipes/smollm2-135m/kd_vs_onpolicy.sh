@@ -17,12 +17,12 @@ common=(--config $R --profile demo --set teacher="$reasoner" --set "schedule=[0.
 hybrid-distill distill "${common[@]}" --set kd.steps=100000 --set kd.max_seconds=$seconds --set kd.save_every=5 \
   --out "$out/offline-kd"
 hybrid-distill distill "${common[@]}" --set kd.steps=0 --set onpolicy.steps=100000 --set onpolicy.max_seconds=$seconds \
-  --set onpolicy.prompts=long:train:tokens=100..800 --set onpolicy.n=512 --set onpolicy.max_new_tokens=1024 \
+  --set onpolicy.prompts=long:train:tokens=100..800:mod=10 --set onpolicy.n=512 --set onpolicy.max_new_tokens=1024 \
   --set onpolicy.batch_size=4 --set onpolicy.lr=2.0e-4 --set onpolicy.save_every=5 --out "$out/onpolicy"
 for t in 200 800; do
   for m in offline-kd onpolicy; do
     d=$out/eval-$t/$m
-    [ -f "$d/eval.json" ] || hybrid-distill eval --model "$out/$m/final" --tasks long:test:tokens=$t --n 16 \
+    [ -f "$d/eval.json" ] || hybrid-distill eval --model "$out/$m/final" --tasks long:test:tokens=$t:mod=10 --n 16 \
       --samples 2 --max-new-tokens $(( t * 5 / 4 + 64 )) --out "$d" --overwrite > /dev/null
   done
   hybrid-distill eval compare --runs "$run/retention/long-$t/reasoner" "$out/eval-$t/offline-kd" \

@@ -27,7 +27,7 @@ evaluate() {  # model, tasks, max new tokens, out dir
 for t in $lengths; do
   max_new=$(( t * 5 / 4 + 64 ))
   for m in reasoner h50 h25; do
-    evaluate "${!m}" "long:test:tokens=$t" $max_new "$out/retention/long-$t/$m"
+    evaluate "${!m}" "long:test:tokens=$t:mod=10" $max_new "$out/retention/long-$t/$m"
   done
 done
 for d in $distances; do

@@ -13,14 +13,14 @@ for s in uniform leave-one-out kl-guided; do
   hybrid-distill distill --config recipes/smollm2-135m-long/distill.yaml --profile demo --set teacher="$reasoner" \
     --set "schedule=[0.25]" --set select.strategy=$s --set data.source="$run/distill/corpus.jsonl" \
     --set data.format=prompt_completion --out "$out/$s" --resume
-  for task in long:test:tokens=800 recall:test:distance=256; do
+  for task in long:test:tokens=800:mod=10 recall:test:distance=256; do
     d=$out/eval/${task//[:=]/-}/$s
     [ -f "$d/eval.json" ] || hybrid-distill eval --model "$out/$s/final" --tasks $task --n 16 --samples 2 \
       --max-new-tokens 1064 --out "$d" --overwrite > /dev/null
   done
 done
-for task in long-test-tokens-800 recall-test-distance-256; do
-  base=$run/retention/${task/-test-tokens-/-}; base=${base/-test-distance-/-}/reasoner
+for task in long-test-tokens-800-mod-10 recall-test-distance-256; do
+  base=$run/retention/${task/-test-tokens-/-}; base=${base/-mod-10/}; base=${base/-test-distance-/-}/reasoner
   hybrid-distill eval compare --runs "$base" "$out/eval/$task/uniform" "$out/eval/$task/leave-one-out" \
     "$out/eval/$task/kl-guided" --out-json "$out/compare-$task.json" | tee "$out/compare-$task.md"
 done

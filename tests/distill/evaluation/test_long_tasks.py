@@ -194,6 +194,8 @@ def test_lengths_in_smollm2_tokens():
         for p in load_tasks(f"long:test:tokens={tokens}", n=5, seed=0) + load_tasks(
                 f"long:train:tokens={tokens}", n=3, seed=7):
             assert 0.75 * tokens <= count(p.solution) <= 1.25 * tokens, (tokens, count(p.solution))
+        for p in load_tasks(f"long:test:tokens={tokens}:mod=10", n=5, seed=0):
+            assert 0.85 * tokens <= count(p.solution) <= 1.15 * tokens, (tokens, count(p.solution))
     for distance in (64, 256, 1024):
         for p in load_tasks(f"recall:test:distance={distance}", n=3, seed=0):
             filler = "\n".join(p.problem.split("\n")[2:-1]) + "\n"
@@ -210,4 +212,21 @@ def test_a_length_range_draws_every_length_in_it_and_a_single_value_is_the_fixed
     for bad, named in (("long:test:tokens=800..100", "800..100"), ("long:test:tokens=10..x", "'x'"),
                        ("long:test:tokens=..5", "''")):
         with pytest.raises(ValueError, match=re.escape(named)):
+            load_tasks(bad, n=1)
+
+
+def test_mod_10_is_single_digit_steps_verified_by_the_checker_and_its_own_draw():
+    problems = load_tasks("long:test:tokens=300:mod=10", n=6, seed=0)
+    for p in problems:
+        assert "modulo 10 " in p.problem and 0 <= int(p.answer) <= 9 and is_correct(p.solution, p.answer)
+        for line in p.solution.split("\n")[2:-2]:  # "i. a op b = raw -> r": every operand a single digit
+            a, _, b = line.split(" = ")[0].split(" ", 1)[1].split(" ")
+            assert len(a) == 1 and len(b) == 1, line
+            assert int(line.rsplit("-> ", 1)[1]) == int(line.split(" = ")[1].split(" ")[0]) % 10
+    assert {p.id for p in problems}.isdisjoint(p.id for p in load_tasks("long:train:tokens=300:mod=10", n=200))
+    assert [p.id for p in load_tasks("long:test:tokens=300:mod=100", n=3)] == [
+        p.id for p in load_tasks("long:test:tokens=300", n=3)]  # mod 100 is the family as it always was
+    assert load_tasks("long:train:mod=10:tokens=100..400", n=3)[0].problem.count("modulo 10 ") == 1
+    for bad in ("long:test:mod=7", "long:test:tokens=300:mod=x"):
+        with pytest.raises(ValueError, match="mod="):
             load_tasks(bad, n=1)
