@@ -45,7 +45,7 @@ rows = {}
 for family, sizes in (("long", lengths), ("recall", distances)):
     for s in sizes:
         base = f"{out}/retention/{family}-{s}/reasoner"
-        cells, key = [], f"{family}:test:{'tokens' if family == 'long' else 'distance'}={s}"
+        cells, key = [], f"long:test:tokens={s}:mod=10" if family == 'long' else f"recall:test:distance={s}"
         for m in ("h50", "h25"):
             r = paired_compare(base, f"{out}/retention/{family}-{s}/{m}")
             rows[f"{key} {m}"] = r
