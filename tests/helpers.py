@@ -206,3 +206,17 @@ def tiny_rows(n_docs=48, seed=0, seq_len=32):
         d = torch.randint(3, 97, (int(torch.randint(5, 20, (1,), generator=g)),), generator=g).tolist()
         docs.append((d, d))
     return pack(docs, seq_len, pad_id=0)
+
+
+def ssd_inputs(b, T, H, P, G, N, seed=0):
+    """Random inputs of the SSD scan (backends.ssd_scan): x [b, T, H, P], dt [b, T, H] (after softplus, as the mixer
+    passes it), A [H] (negative), B and C [b, T, G, N], D [H], an initial state [b, H, P, N]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, T, H, P, generator=g)
+    dt = torch.rand(b, T, H, generator=g) * 0.5 + 0.01
+    A = -torch.rand(H, generator=g) * 2 - 0.1
+    B = torch.randn(b, T, G, N, generator=g)
+    C = torch.randn(b, T, G, N, generator=g)
+    D = torch.randn(H, generator=g)
+    s0 = torch.randn(b, H, P, N, generator=g)
+    return x, dt, A, B, C, D, s0

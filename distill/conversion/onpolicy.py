@@ -24,8 +24,7 @@ import torch
 
 from ..flops import forward_flops, train_flops
 from ..train import Trainer
-from .kd import FrozenTeacher, set_trainable
-from .losses import combined_loss
+from .kd import FrozenTeacher, kd_loss_step, set_trainable
 from .phase import PhaseContext, train_args
 
 IGNORE = -100
@@ -89,19 +88,10 @@ class Sampler:
 
 
 def onpolicy_loss_step(teacher, chunk: int | None = None):
-    """loss_step for the Trainer: (sum over sampled positions of KL(student || teacher), {"reverse_kl": sum})."""
-    loss = combined_loss({"reverse_kl": 1.0}, chunk=chunk)
-    forward = teacher if isinstance(teacher, FrozenTeacher) else (lambda **kw: teacher(**kw).logits)
-
-    def step(student, batch):
-        kw = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-        with torch.no_grad():
-            t_logits = forward(**kw)
-        s_logits = student(**kw).logits
-        total, _, parts = loss(s_logits, t_logits, batch["labels"])
-        return total, parts
-
-    return step
+    """loss_step for the Trainer: (sum over sampled positions of KL(student || teacher), {"reverse_kl": sum}): kd's
+    step with the reverse KL alone, on the rows Sampler builds (they carry input_ids, position_ids and labels as
+    packed KD rows do)."""
+    return kd_loss_step(teacher, {"reverse_kl": 1.0}, chunk=chunk)
 
 
 def run_onpolicy(student, teacher, data, settings, folder: str, ctx: PhaseContext):

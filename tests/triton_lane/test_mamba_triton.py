@@ -10,24 +10,12 @@ Mamba1's scan and causal_conv1d are CUDA extensions (no Triton), and decode step
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, tiny_hybrid
+from helpers import assert_close, ssd_inputs, tiny_hybrid
 
 from hybrid.cache import HybridCache
 from hybrid.ops import backends
 
 pytestmark = pytest.mark.triton_lane
-
-
-def _ssd_inputs(b, T, H, P, G, N, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, T, H, P, generator=g)
-    dt = torch.rand(b, T, H, generator=g) * 0.5 + 0.01  # after softplus, as the mixer passes it
-    A = -torch.rand(H, generator=g) * 2 - 0.1
-    B = torch.randn(b, T, G, N, generator=g)
-    C = torch.randn(b, T, G, N, generator=g)
-    D = torch.randn(H, generator=g)
-    s0 = torch.randn(b, H, P, N, generator=g)
-    return x, dt, A, B, C, D, s0
 
 
 def _seq_idx(b, T, cuts):
@@ -46,7 +34,7 @@ SSD_CASES = [  # (T, chunk, G, P, N, with initial state and documents): the inte
 @pytest.mark.parametrize("T,chunk,G,P,N,extras", SSD_CASES)
 def test_ssd_scan_forward_backward_matches_torch(routed, T, chunk, G, P, N, extras):
     b, H = 2, 4
-    inputs = _ssd_inputs(b, T, H, P, G, N)
+    inputs = ssd_inputs(b, T, H, P, G, N)
     seq_idx = _seq_idx(b, T, [T // 3, T // 3 + 1, 32, T - 2]) if extras else None  # 32: a chunk boundary
     outs, grads = {}, {}
     gy = gf = None
@@ -129,7 +117,7 @@ def test_selective_state_update_in_our_layout(interpreted, G):
     Not a dispatch of ours yet: this pins the mapping a decode dispatch would use. (mamba_ssm 2.3.2 fails on
     dt_bias=None with per-head, broadcast dt and A, so such a dispatch passes dt_bias.)"""
     b, H, P, N = 2, 4, 12, 24
-    x, _, A, B, C, D, s0 = _ssd_inputs(b, 1, H, P, G, N)
+    x, _, A, B, C, D, s0 = ssd_inputs(b, 1, H, P, G, N)
     x, B, C = x[:, 0], B[:, 0], C[:, 0]  # [b, H, P], [b, G, N], [b, G, N]
     g = torch.Generator().manual_seed(4)
     dt_raw, dt_bias = torch.randn(b, H, generator=g), torch.randn(H, generator=g)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, ssd_inputs
 
 from hybrid.ops import backends
 from hybrid.ops.conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_update, conv_state_from_inputs
@@ -20,18 +20,6 @@ def _seq_idx(b, T, cuts):
     return s
 
 
-def _ssd_inputs(b, T, H, P, G, N, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, T, H, P, generator=g)
-    dt = torch.rand(b, T, H, generator=g) * 0.5 + 0.01
-    A = -torch.rand(H, generator=g) * 2 - 0.1
-    B = torch.randn(b, T, G, N, generator=g)
-    C = torch.randn(b, T, G, N, generator=g)
-    D = torch.randn(H, generator=g)
-    s0 = torch.randn(b, H, P, N, generator=g)
-    return x, dt, A, B, C, D, s0
-
-
 SSD_CASES = [  # (T, chunk, ngroups)
     (1, 16, 1), (63, 16, 4), (63, 64, 1), (257, 64, 4), (257, 256, 1), (1000, 256, 4), (1000, 16, 1),
 ]
@@ -40,7 +28,7 @@ SSD_CASES = [  # (T, chunk, ngroups)
 @pytest.mark.parametrize("T,chunk,G", SSD_CASES)
 def test_ssd_chunked_matches_recurrence_forward_backward(T, chunk, G):
     b, H, P, N = 2, 4, 6, 5  # odd head and state dims on purpose
-    inputs = _ssd_inputs(b, T, H, P, G, N)
+    inputs = ssd_inputs(b, T, H, P, G, N)
     seq_idx = _seq_idx(b, T, [T // 3, T // 3 + 1, T - 2])
     leaves_a = [t.clone().requires_grad_() for t in inputs]
     leaves_b = [t.clone().requires_grad_() for t in inputs]
@@ -58,7 +46,7 @@ def test_ssd_chunked_matches_recurrence_forward_backward(T, chunk, G):
 
 
 def test_ssd_without_initial_state_or_documents():
-    x, dt, A, B, C, D, _ = _ssd_inputs(1, 70, 2, 4, 2, 3)
+    x, dt, A, B, C, D, _ = ssd_inputs(1, 70, 2, 4, 2, 3)
     y1, f1 = ssd_chunked(x, dt, A, B, C, None, 32)
     y2, f2 = ssd_ref(x, dt, A, B, C, None)
     assert_close(y1, y2, atol=1e-4, rtol=1e-4)
@@ -67,7 +55,7 @@ def test_ssd_without_initial_state_or_documents():
 
 def test_ssd_documents_never_share_state():
     """A packed row equals its documents run separately (each from a zero state)."""
-    x, dt, A, B, C, D, _ = _ssd_inputs(1, 50, 2, 4, 1, 3)
+    x, dt, A, B, C, D, _ = ssd_inputs(1, 50, 2, 4, 1, 3)
     seq_idx = _seq_idx(1, 50, [20])
     y, _ = ssd_chunked(x, dt, A, B, C, D, 16, None, seq_idx)
     y_a, _ = ssd_chunked(x[:, :20], dt[:, :20], A, B[:, :20], C[:, :20], D, 16)
@@ -76,7 +64,7 @@ def test_ssd_documents_never_share_state():
 
 
 def test_ssd_step_continues_a_scan():
-    x, dt, A, B, C, D, s0 = _ssd_inputs(2, 9, 4, 6, 2, 5)
+    x, dt, A, B, C, D, s0 = ssd_inputs(2, 9, 4, 6, 2, 5)
     y_full, f_full = ssd_ref(x, dt, A, B, C, D, s0)
     _, state = ssd_chunked(x[:, :8], dt[:, :8], A, B[:, :8], C[:, :8], D, 4, s0)
     y_last, state = ssd_step(state, x[:, 8], dt[:, 8], A, B[:, 8], C[:, 8], D)
