@@ -80,7 +80,7 @@ class Sampler:
         out = generate(student, prompts, params, eos_token_id=self.eos, pad_token_id=self.pad)
         self.seconds += time.perf_counter() - t0
         student.train(was_training)
-        completions = [list(s) or [self.pad] for s in out.sequences]  # an empty sample still scores one position
+        completions = [list(s) for s in out.sequences]  # each holds at least one token (the stop token included)
         self.tokens += sum(len(s) for s in out.sequences)
         self.samples += len(prompts)
         dev = batch["input_ids"].device
