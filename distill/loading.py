@@ -9,6 +9,7 @@ to benchmark or smoke-test a ratio without a distillation run.
 from __future__ import annotations
 
 from hybrid import load_pretrained
+from hybrid.attention import use_document_attention
 
 from .conversion.select import uniform_attention_layers
 from .conversion.transfer import hybridize
@@ -33,6 +34,7 @@ def load_model(spec: str, need_tokenizer: bool = False, dtype=None, for_training
     if opt:
         model = hybridize(model, uniform_attention_layers(model.config.num_hidden_layers, _ratio(spec, opt))).eval()
     if for_training:
+        use_document_attention(model)  # packed rows attend per document, without a dense [T x T] mask
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
     else:

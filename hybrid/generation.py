@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import Cache, StaticLayer
 
+from .attention import NAME as DOCS_ATTENTION
 from .cache import cache_layers, teacher_attention_kinds
 from .ops import backends
 from .prepack import prepacked_linears
@@ -107,7 +108,7 @@ def static_decode_unsupported(model) -> str | None:
     if sliding:
         return f"layers {sliding} use sliding-window attention (a rolling KV buffer)"
     impl = getattr(cfg, "_attn_implementation", None) or "eager"
-    if impl not in ("sdpa", "eager"):
+    if impl not in ("sdpa", "eager", DOCS_ATTENTION):  # sdpa_docs is sdpa under the step's mask
         return f"attention implementation {impl!r} takes no additive mask (the static step needs sdpa or eager)"
     return None
 

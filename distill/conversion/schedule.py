@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from hybrid import load_pretrained
+from hybrid.attention import use_document_attention
 from hybrid.checkpoints import load_hybrid
 
 from .align import run_align
@@ -87,6 +88,7 @@ def run_distill(recipe: DistillRecipe, out: str, resume: bool = False, teacher=N
     torch.manual_seed(recipe.seed)
     if teacher is None:
         teacher, tok = load_pretrained(recipe.teacher, dtype=recipe.dtype, device=state.device)
+    use_document_attention(teacher)  # packed KD rows attend per document; the hybrids inherit it
     teacher.requires_grad_(False)
     teacher.eval()
     with state.main_process_first():  # rank 0 samples the corpus; the others then read it
