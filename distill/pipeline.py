@@ -299,15 +299,23 @@ def _open_stages(recipe: PipelineRecipe, out: str, resume: bool, allow_changes: 
 
 
 def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_after: tuple | None = None,
-                 keep_checkpoints: bool = False, allow_changes: bool = False) -> dict:
+                 keep_checkpoints: bool = False, allow_changes: bool = False, until: str | None = None) -> dict:
     """Run every stage not yet finished; returns report.json's content. stop_after=("distill", k) simulates an
     interruption after k optimizer steps of the distill stage's first training phase (tests). Once a training
-    stage is recorded as finished its resume checkpoints are deleted unless keep_checkpoints."""
+    stage is recorded as finished its resume checkpoints are deleted unless keep_checkpoints.
+
+    until: stop once that stage is finished (measure the models made so far, then continue with --resume); returns
+    {"until": the stage, "stages": stages.json's record} instead of the report."""
     from .train import process_state
+    order = pipeline_stages(recipe)
+    names = [name for name, _ in order]
+    if until is not None and until not in names:
+        raise ValueError(f"until={until!r} is not a stage of this recipe; its stages: {names}")
     state = process_state()  # under `accelerate launch`: all ranks train; rank 0 evaluates and writes
     stages = _open_stages(recipe, out, resume, allow_changes, state)
     run = PipelineRun(recipe, out, state, _checkpoints(recipe, out), stages.done, stop_after, allow_changes)
-    order = pipeline_stages(recipe)
+    if until is not None:
+        order = order[:names.index(until) + 1]
     todo = [name for name, _ in order if name not in stages.done]
     bar = tqdm(total=len(order), initial=len(order) - len(todo), desc="pipeline", unit="stage",
                disable=not state.is_main_process)
@@ -323,6 +331,8 @@ def run_pipeline(recipe: PipelineRecipe, out: str, resume: bool = False, stop_af
             prune_checkpoints(os.path.join(out, name))
         bar.update(1)
     bar.close()
+    if until is not None and until != names[-1]:
+        return {"until": until, "stages": dict(stages.done)}
     return json.load(open(os.path.join(out, "report.json")))
 
 

@@ -16,6 +16,8 @@ def add_parser(subparsers) -> None:
     out_flags(rn, resume=True, changes=True)
     rn.add_argument("--keep-checkpoints", action="store_true",
                     help="keep the resume checkpoints of finished stages (default: delete them, keep final models)")
+    rn.add_argument("--until", default=None, metavar="STAGE",
+                    help="stop once STAGE is finished (e.g. distill: measure the hybrids, then go on with --resume)")
     rn.set_defaults(func=main)
 
 
@@ -28,9 +30,14 @@ def main(args) -> int:
     inputs = [args.recipe, recipe.distill.teacher, recipe.distill.data.source, recipe.distill.data.corpus.prompts]
     inputs += [getattr(cfg, k, None) for cfg in (recipe.sft, recipe.rl) if cfg is not None for k in ("model", "data")]
     with claim(args, out, inputs, resume=args.resume):
-        run_pipeline(recipe, out, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
-                     allow_changes=args.allow_changes)
+        result = run_pipeline(recipe, out, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+                              allow_changes=args.allow_changes, until=args.until)
     from ..train import process_state
+    if "until" in result:
+        if process_state().is_main_process:
+            print(f"stopped after {result['until']}; finished: {', '.join(result['stages'])}. "
+                  f"Continue with --resume.")
+        return 0
     if process_state().is_main_process:
         print(open(os.path.join(out, "report.md")).read())
         print(f"-> {out}/report.md")

@@ -6,6 +6,7 @@
 #   2. retention: pass@1 of each hybrid over the reasoner's, paired over problems, at traces of ~200, ~800 and
 #      ~1500 tokens (held-out problems; the hybrids straight from conversion against the reasoner they came from);
 #   3. the recall probe against distance (what replacing attention costs).
+# Retention is measured as soon as the hybrids exist (`run --until distill`); the rest of the pipeline follows.
 # Every step is resumable: a rerun skips what is finished (an interrupted evaluation is redone).
 # Usage: long_reasoning.sh [OUT] [PROFILE]   (PROFILE: demo, about 2 h on a 2-core CPU; quick, minutes)
 set -euo pipefail
@@ -15,7 +16,7 @@ R=recipes/smollm2-135m-long
 if [ "$profile" = quick ]; then n=4; samples=1; lengths="200"; distances="64"; else
   n=16; samples=2; lengths="200 800 1500"; distances="64 256 1024"; fi
 
-hybrid-distill run $R --profile "$profile" --out "$out" --resume
+hybrid-distill run $R --profile "$profile" --out "$out" --resume --until distill
 
 reasoner=$out/sft-teacher/final
 h50=$out/distill/stage0/kd/model
@@ -24,37 +25,17 @@ evaluate() {  # model, tasks, max new tokens, out dir
   [ -f "$4/eval.json" ] || hybrid-distill eval --model "$1" --tasks "$2" --n $n --samples $samples \
     --max-new-tokens "$3" --temperature 0.7 --batch-size 16 --out "$4" --overwrite > /dev/null
 }
+# the cheap measurements first: the recall probe (64 new tokens), then traces from short to long
+for d in $distances; do
+  for m in reasoner h50 h25; do
+    evaluate "${!m}" "recall:test:distance=$d" 64 "$out/retention/recall-$d/$m"
+  done
+done
 for t in $lengths; do
   max_new=$(( t * 5 / 4 + 64 ))
   for m in reasoner h50 h25; do
     evaluate "${!m}" "long:test:tokens=$t:mod=10" $max_new "$out/retention/long-$t/$m"
   done
 done
-for d in $distances; do
-  for m in reasoner h50 h25; do
-    evaluate "${!m}" "recall:test:distance=$d" 64 "$out/retention/recall-$d/$m"
-  done
-done
-python - "$out" "$lengths" "$distances" <<'PY'
-import json, os, sys
-from distill.evaluation.evaluate import paired_compare
-out, lengths, distances = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-lines = ["| task | reasoner pass@1 | 50 % hybrid pass@1 | retention 50 % [95 % CI] | 25 % hybrid pass@1 "
-         "| retention 25 % [95 % CI] |", "|---|---|---|---|---|---|"]
-rows = {}
-for family, sizes in (("long", lengths), ("recall", distances)):
-    for s in sizes:
-        base = f"{out}/retention/{family}-{s}/reasoner"
-        cells, key = [], f"long:test:tokens={s}:mod=10" if family == 'long' else f"recall:test:distance={s}"
-        for m in ("h50", "h25"):
-            r = paired_compare(base, f"{out}/retention/{family}-{s}/{m}")
-            rows[f"{key} {m}"] = r
-            ret = r.get("retention")
-            ci = r.get("retention_ci95") or [None, None]
-            fmt = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
-            cells.append(f"{r['other_pass@1']:.3f} | {fmt(ret)} [{fmt(ci[0])}, {fmt(ci[1])}]")
-        lines.append(f"| {key} | {r['base_pass@1']:.3f} | " + " | ".join(cells) + " |")
-open(f"{out}/retention/table.md", "w").write("\n".join(lines) + "\n")
-json.dump(rows, open(f"{out}/retention/table.json", "w"), indent=1)
-print("\n".join(lines))
-PY
+python recipes/smollm2-135m/retention_table.py "$out" --lengths $lengths --distances $distances
+hybrid-distill run $R --profile "$profile" --out "$out" --resume  # the same GRPO budget, eval, bench, report

@@ -156,7 +156,11 @@ def test_reasoner_first_converts_the_sft_teacher_on_its_own_answers_and_skips_hy
     open(distill_yaml, "w").write(text)
     open(os.path.join(folder, "pipeline.yaml"), "w").write("protocol: reasoner-first\n")
     out = tmp_path / "run"
-    assert main(["run", folder, "--profile", "quick", "--out", str(out)]) == 0
+    # --until: the reasoner and its hybrid first (retention is measured there), then the rest with --resume
+    assert main(["run", folder, "--profile", "quick", "--out", str(out), "--until", "distill"]) == 0
+    assert list(json.loads((out / "stages.json").read_text())) == ["sft-teacher", "distill"]
+    assert not (out / "report.md").exists() and not (out / "rl-teacher").exists()
+    assert main(["run", folder, "--profile", "quick", "--out", str(out), "--resume"]) == 0
     stages = json.loads((out / "stages.json").read_text())
     assert list(stages) == ["sft-teacher", "distill", "rl-teacher", "rl-hybrid", "eval", "bench", "report"]
     import yaml
@@ -181,6 +185,9 @@ def test_unknown_protocol_and_reasoner_first_without_sft_are_refused(tmp_path):
     with pytest.raises(ValueError, match="student-first"):
         load_pipeline(folder)
     open(os.path.join(folder, "pipeline.yaml"), "w").write("protocol: reasoner-first\n")
+    with pytest.raises(ValueError, match="until='sft-hybrid' is not a stage of this recipe"):
+        run_pipeline(load_pipeline(folder), str(tmp_path / "run"), until="sft-hybrid")  # reasoner-first has none
+    assert not (tmp_path / "run").exists()
     os.remove(os.path.join(folder, "sft.yaml"))
     with pytest.raises(ValueError, match="no sft.yaml"):
         load_pipeline(folder)
