@@ -7,6 +7,10 @@
   block-diagonally, so no example sees another (tested: packed loss == separate loss).
 - Optional distillation-SFT (M1): `kl_weight > 0` with a `teacher` adds the reverse KL(student || teacher) on the
   label tokens to the NLL: the loss registry's reverse_kl (distill.conversion.losses), the one logit KD uses.
+- The NLL is KD's chunked vocabulary loss (`loss_chunk` rows at a time, closed-form backward; 0: TRL's own loss).
+  On the CPU, TRL's fused LM head scores every position of a packed row in float32 tiles of the whole vocabulary,
+  several passes each way; ours makes one pass forward and one back over the model's (bf16) logits. The logged
+  token accuracy and entropy come from one more pass without gradients.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from ..conversion.losses import reverse_kl, target_mask
+from ..conversion.losses import combined_loss, reverse_kl, target_mask
 from ..data import MESSAGES, is_empty, read_records, record_value, report_skipped, require_file
 from ..loading import load_model
 from .trl_stage import TRLArgs, train_and_save
@@ -33,12 +37,15 @@ class SFTArgs(TRLArgs):
     weight_decay: float = 0.0
     teacher: str | None = None  # distillation-SFT
     kl_weight: float = 0.0
+    loss_chunk: int = 1024  # token rows per chunk of the vocabulary loss; 0: TRL's own loss
 
     def __post_init__(self):
         if self.kl_weight < 0:
             raise ValueError(f"kl_weight={self.kl_weight} must be >= 0")
         if self.kl_weight > 0 and not self.teacher:
             raise ValueError("kl_weight > 0 needs a teacher")
+        if self.loss_chunk < 0:
+            raise ValueError(f"loss_chunk={self.loss_chunk} must be >= 0 (0: TRL's own loss)")
         self.check_positive(("max_steps", "batch_size", "grad_accum", "max_length"))
 
 
@@ -93,15 +100,17 @@ def _chat_row(r: dict, i: int, data: str) -> dict:
 class HybridSFTTrainer(SFTTrainer):
     """SFTTrainer plus an optional reverse-KL-to-teacher term on the label tokens."""
 
-    def __init__(self, *args, teacher=None, kl_weight: float = 0.0, **kwargs):
+    def __init__(self, *args, teacher=None, kl_weight: float = 0.0, loss_chunk: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.teacher, self.kl_weight = teacher, kl_weight
+        self.teacher, self.kl_weight, self.loss_chunk = teacher, kl_weight, loss_chunk
         if teacher is not None:
             teacher.requires_grad_(False).eval()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.teacher is None or self.kl_weight == 0:
+        if (self.teacher is None or self.kl_weight == 0) and (self.loss_chunk == 0 or return_outputs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.teacher is None or self.kl_weight == 0:
+            return self._chunked_nll(model, inputs, num_items_in_batch)
         labels = inputs["labels"]
         fwd = {k: v for k, v in inputs.items() if k != "labels"}
         fwd["use_cache"] = False
@@ -118,6 +127,49 @@ class HybridSFTTrainer(SFTTrainer):
         return (loss, None) if return_outputs else loss
 
 
+    def _chunked_nll(self, model, inputs, num_items_in_batch=None):
+        """The NLL of the label tokens through KD's chunked vocabulary loss, normalised as TRL normalises its own
+        (by the batch's label tokens across gradient accumulation), with TRL's logged metrics."""
+        labels = inputs["labels"]
+        fwd = {k: v for k, v in inputs.items() if k != "labels"}
+        fwd["use_cache"] = False
+        logits = model(**fwd).logits  # [b, T, V]
+        nll, count, _ = combined_loss({"ce": 1.0}, chunk=self.loss_chunk)(logits, None, labels)
+        denom = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+        loss = nll / torch.as_tensor(denom, device=nll.device).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # the gradient is averaged over ranks, the count summed
+        mode = "train" if model.training else "eval"
+        correct, entropy = _token_stats(logits.detach(), labels, self.loss_chunk)
+        gather = lambda x: self.accelerator.gather_for_metrics(  # noqa: E731
+            torch.as_tensor(x, dtype=torch.float64, device=nll.device)).sum().item()
+        valid = max(gather(count), 1.0)
+        self._metrics[mode]["mean_token_accuracy"].append(gather(correct) / valid)
+        self._metrics[mode]["entropy"].append(gather(entropy) / valid)
+        if mode == "train":  # input tokens, as TRL counts them
+            local = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["position_ids"].size(1)
+            self._total_train_tokens += int(gather(local)) // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return loss
+
+
+@torch.no_grad()
+def _token_stats(logits: torch.Tensor, labels: torch.Tensor, chunk: int) -> tuple[int, float]:
+    """(top-1 hits, summed entropy in nats) over the positions with a counted next-token label, `chunk` rows at a
+    time in float32."""
+    b, T, V = logits.shape
+    where = target_mask(labels).reshape(-1).nonzero().flatten()  # flat indices into the [b * (T-1)] positions
+    rows = where // (T - 1) * T + where % (T - 1)  # the same positions among the [b * T] logits rows
+    flat, targets = logits.reshape(-1, V), labels[:, 1:].reshape(-1)[where]
+    correct, entropy = 0, 0.0
+    for i in range(0, rows.numel(), chunk):  # copies one chunk of rows at a time, never all of them
+        z = flat.index_select(0, rows[i:i + chunk]).float()
+        logp = torch.log_softmax(z, dim=-1)
+        entropy -= float((logp.exp() * logp).sum())
+        correct += int((z.argmax(-1) == targets[i:i + chunk]).sum())
+    return correct, entropy
+
+
 def sft_config(args: SFTArgs) -> SFTConfig:
     return args.trl_config(SFTConfig, max_length=args.max_length, packing=args.packing, padding_free=args.packing,
                            completion_only_loss=True, warmup_steps=args.warmup_steps,
@@ -130,7 +182,7 @@ def make_trainer(model, tokenizer, rows: list[dict], args: SFTArgs, teacher=None
         raise ValueError("SFT needs at least one row")
     ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     return HybridSFTTrainer(model=model, args=sft_config(args), train_dataset=ds, processing_class=tokenizer,
-                            teacher=teacher, kl_weight=args.kl_weight)
+                            teacher=teacher, kl_weight=args.kl_weight, loss_chunk=args.loss_chunk)
 
 
 def run_sft(args: SFTArgs, resume: bool = False) -> str:

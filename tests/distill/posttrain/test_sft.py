@@ -60,6 +60,31 @@ def test_packed_loss_equals_separate_loss(hybrid, tmp_path):
     assert packed == pytest.approx(total / n_tokens, rel=1e-5)
 
 
+@pytest.mark.parametrize("packing", [True, False])
+def test_chunked_nll_equals_trl_loss_in_value_gradients_and_metrics(hybrid, tmp_path, packing):
+    """Our chunked NLL (loss_chunk > 0) against TRL's own loss (loss_chunk=0) on the same batch: the loss, every
+    parameter's gradient, and the logged token accuracy and entropy."""
+    hybrid.train()
+    results = []
+    for chunk in (0, 3):
+        tr = _trainer(hybrid, packing, tmp_path / str(chunk), loss_chunk=chunk)
+        batch = _batch(tr)
+        hybrid.zero_grad()
+        loss = tr.compute_loss(hybrid, dict(batch), num_items_in_batch=(batch["labels"][:, 1:] != -100).sum())
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in hybrid.named_parameters() if p.grad is not None}
+        m = tr._metrics["train"]
+        results.append((loss.item(), grads, m["mean_token_accuracy"][-1], m["entropy"][-1], m["num_tokens"][-1]))
+    (ref, ref_g, ref_acc, ref_ent, ref_tok), (ours, g, acc, ent, tok) = results
+    assert ours == pytest.approx(ref, rel=1e-5)
+    assert ref_g.keys() == g.keys() and len(g) > 10
+    for k in g:
+        torch.testing.assert_close(g[k], ref_g[k], atol=1e-6, rtol=1e-4, msg=k)
+    assert acc == pytest.approx(ref_acc) and ent == pytest.approx(ref_ent, rel=1e-4) and tok == ref_tok
+    with pytest.raises(ValueError, match="loss_chunk=-1"):
+        SFTArgs(loss_chunk=-1)
+
+
 def test_reverse_kl_term(hybrid, tmp_path):
     logits = torch.randn(1, 5, 7)
     labels = torch.tensor([[-100, -100, 3, 4, -100]])
