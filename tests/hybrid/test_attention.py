@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from helpers import assert_close, tiny_hybrid, tiny_teacher
+import hybrid.attention
 from hybrid.attention import NAME, document_spans, use_document_attention
+
+
+@pytest.fixture(autouse=True)
+def per_document_rows(monkeypatch):
+    """Every row goes per document in these tests (their rows are short); test_short_rows_keep_the_dense_mask
+    restores the threshold."""
+    monkeypatch.setattr(hybrid.attention, "MIN_LENGTH", 1)
 
 
 def _packed(lengths, vocab=97, seed=0):
@@ -105,3 +113,24 @@ def test_engine_decodes_the_same_under_sdpa_docs(kind):
     for decode in ("static", "eager"):
         out = generate(model, prompts, params, eos_token_id=[], decode=decode)
         assert out.sequences == ref.sequences, decode
+
+
+def test_short_rows_keep_the_dense_mask(monkeypatch):
+    """Below MIN_LENGTH a packed row keeps sdpa's block-diagonal mask (one kernel call); at it, no mask is built and
+    each document is attended alone. Both give the eager model's logits."""
+    model = tiny_teacher("llama").float()
+    ref = copy.deepcopy(model)
+    model.set_attn_implementation("sdpa")
+    use_document_attention(model)
+    ids, pos = _packed([7, 9])
+    seen = []
+    real = hybrid.attention.sdpa_attention_forward
+    monkeypatch.setattr(hybrid.attention, "sdpa_attention_forward",
+                        lambda *a, **k: seen.append(a[4] is not None) or real(*a, **k))
+    for threshold, dense in ((17, True), (16, False)):
+        monkeypatch.setattr(hybrid.attention, "MIN_LENGTH", threshold)
+        seen.clear()
+        out = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        assert_close(out, ref(input_ids=ids, position_ids=pos, use_cache=False).logits, atol=1e-5, rtol=1e-5,
+                     what=f"MIN_LENGTH={threshold}")
+        assert seen == ([True] * 4 if dense else []), (threshold, seen)  # 4 layers, each with the dense mask
