@@ -45,6 +45,34 @@ def test_hybrid_on_cuda_matches_cpu(monkeypatch):
     assert torch.equal(gen, gen_ref)
 
 
+@pytest.mark.parametrize("kind", ["teacher", "hybrid"])
+def test_packed_rows_under_sdpa_docs_on_cuda_match_cpu_eager(monkeypatch, kind):
+    """Training loads switch sdpa to sdpa_docs (hybrid.attention): a packed row on CUDA, per document, gives the
+    CPU eager model's logits and gradients (the block-diagonal mask)."""
+    import copy
+
+    import hybrid.attention
+    monkeypatch.setattr(hybrid.attention, "MIN_LENGTH", 1)  # the row below is short; every row goes per document
+    model = (tiny_teacher("llama") if kind == "teacher" else tiny_hybrid("llama", [1, 3], chunk_size=16)).float()
+    ref = copy.deepcopy(model)  # eager, CPU
+    lengths = [37, 5, 64, 22]
+    ids = torch.randint(3, 97, (1, sum(lengths)))
+    pos = torch.cat([torch.arange(n) for n in lengths])[None]
+    model.set_attn_implementation("sdpa")
+    assert hybrid.attention.use_document_attention(model)
+    model.cuda()
+    out = model(input_ids=ids.cuda(), position_ids=pos.cuda(), use_cache=False).logits
+    expect = ref(input_ids=ids, position_ids=pos, use_cache=False).logits
+    assert_close(out.cpu(), expect, atol=1e-3, rtol=1e-3, what="logits")
+    g = torch.randn_like(expect)
+    (out * g.cuda()).sum().backward()
+    (expect * g).sum().backward()
+    ref_grads = dict(ref.named_parameters())
+    for k, p in model.named_parameters():
+        if p.grad is not None:
+            assert_close(p.grad.cpu(), ref_grads[k].grad, atol=1e-3, rtol=1e-3, what=k)
+
+
 def _cpu_and_cuda(ext, name):
     assert ext is not None and hasattr(ext, f"{name}_cuda"), "the CUDA extension did not build"
     return getattr(ext, f"{name}_cpu"), getattr(ext, f"{name}_cuda")
