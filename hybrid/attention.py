@@ -3,17 +3,15 @@
 Padding-free packing (TRL's SFT collator, distill.data's KD rows) lays several documents in one row, with
 position_ids restarting at each. transformers' `sdpa` builds a dense block-diagonal mask for such a row and runs
 the masked kernel over all T^2 query/key pairs: on a 4 x 1024-token packed row that is 16x the work of the causal
-blocks, most of it masked, and SmolLM2-135M's SFT step spent 62 % of its time there (CPU profile, 4035-token row).
+blocks, most of it masked; on SmolLM2-135M's 4035-token SFT row it doubles the forward and backward (numbers below).
 `sdpa_docs` runs causal SDPA on each document's block instead (sum of L_i^2 / 2 pairs, the unmasked flash kernel),
 and tells transformers' mask factory not to build the mask when it is not needed.
 
 Only rows of at least MIN_LENGTH tokens go per document: below that the dense mask is cheap and one kernel call per
-document costs more than it saves. SmolLM2-135M forward+backward, bf16, 2 cores: 8 x 512-token rows of ~7 short
-documents, sdpa 24.1-25.5 s vs per document 25.4-28.1 s; 4 x 1024 rows of ~13, 25.7-26.0 vs 22.1-26.4 s (even);
-one 4035-token row of 4 SFT documents, 50 s vs 24 s.
-
-Exact: the same attention as `sdpa` with the block-diagonal causal mask (tests/hybrid/test_attention.py).
-Anything else (a padding mask, a cache with a prefix, a sliding window, one-token decode) goes to `sdpa` as is.
+document costs more than it saves. SmolLM2-135M forward+backward, bf16, 2 cores, two interleaved calls each
+(`python recipes/smollm2-135m/packed_attention_bench.py`): one 4035-token SFT row of 6 documents, sdpa 58.0 / 49.3 s,
+per document 24.1 / 24.3 s; 8 x 512-token rows of ~7 short documents, 24.8 / 23.9 s vs 32.0 / 27.6 s; 4 x 1024
+rows of ~13, 29.8 / 25.7 s vs 29.5 / 26.2 s (even).
 """
 from __future__ import annotations
 

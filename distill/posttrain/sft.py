@@ -107,9 +107,9 @@ class HybridSFTTrainer(SFTTrainer):
             teacher.requires_grad_(False).eval()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if (self.teacher is None or self.kl_weight == 0) and (self.loss_chunk == 0 or return_outputs):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self.teacher is None or self.kl_weight == 0:
+        if self.teacher is None or self.kl_weight == 0:  # plain SFT: the chunked NLL, or TRL's own loss
+            if self.loss_chunk == 0 or return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             return self._chunked_nll(model, inputs, num_items_in_batch)
         labels = inputs["labels"]
         fwd = {k: v for k, v in inputs.items() if k != "labels"}
@@ -125,7 +125,6 @@ class HybridSFTTrainer(SFTTrainer):
         mode = "train" if model.training else "eval"
         self._metrics[mode]["reverse_kl"].append((rkl / count.clamp(min=1)).item())
         return (loss, None) if return_outputs else loss
-
 
     def _chunked_nll(self, model, inputs, num_items_in_batch=None):
         """The NLL of the label tokens through KD's chunked vocabulary loss, normalised as TRL normalises its own
