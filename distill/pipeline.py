@@ -226,22 +226,24 @@ def _eval(run: PipelineRun) -> dict:
 
 
 def _bench(run: PipelineRun) -> dict:
-    """Throughput (one engine, side by side) and accuracy under wall-clock budgets of the final teacher and hybrid."""
+    """Throughput (one engine, side by side) and accuracy under wall-clock budgets of the final teacher and hybrid.
+    A rerun after an interruption keeps a finished throughput run and continues the time-budget draws."""
     from .evaluation.evaluate import run_time_budget
     from .evaluation.tasks import load_tasks
     from .evaluation.throughput import ThroughputSettings, run_throughput
     recipe, out, models = run.recipe, run.out, run.models
     b = recipe.bench
     final = {who_: list(ckpts.values())[-1] for who_, ckpts in models.items()}
-    run_throughput(ThroughputSettings(
-        models=[final["teacher"], final["hybrid"]], out=os.path.join(out, "bench"), batch=b.batch,
-        prompt_len=b.prompt_len, gen_len=b.gen_len, context=b.context, hf_baseline=False))
+    if not os.path.isfile(os.path.join(out, "bench", "bench.png")):  # written last: the throughput run finished
+        run_throughput(ThroughputSettings(
+            models=[final["teacher"], final["hybrid"]], out=os.path.join(out, "bench"), batch=b.batch,
+            prompt_len=b.prompt_len, gen_len=b.gen_len, context=b.context, hf_baseline=False))
     problems = load_tasks(b.tasks, n=b.n, seed=b.seed)
     run_time_budget([final["teacher"], final["hybrid"]], problems, b.samples, b.budgets,
                     b.batch_candidates, os.path.join(out, "bench"),
                     title=f"{b.tasks}, {len(problems)} problems", tasks=b.tasks,
                     max_new_tokens=b.max_new_tokens, temperature=b.temperature, top_p=b.top_p, seed=b.seed,
-                    max_samples=b.max_samples, bootstrap=b.bootstrap)
+                    max_samples=b.max_samples, bootstrap=b.bootstrap, resume=True)
     return {}
 
 

@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
     e.add_argument("--budgets", nargs="+", type=seconds, default=[1, 3, 10, 30, 100])
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default="runs/eval")
-    out_flags(e)
+    out_flags(e, resume=True)
     e.set_defaults(func=main)
 
 
@@ -53,7 +53,9 @@ def main(args) -> int:
     problems = load_tasks(args.tasks, n=args.n, seed=args.seed)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     models = [args.model] if args.mode == "accuracy" else args.models
-    with claim(args, args.out, [m.split("@")[0] for m in models] + [args.tasks.split(":")[0]]):
+    if args.resume and args.mode != "time-budget":
+        raise ValueError(f"--resume continues an interrupted time-budget run; eval {args.mode} has nothing to resume")
+    with claim(args, args.out, [m.split("@")[0] for m in models] + [args.tasks.split(":")[0]], resume=args.resume):
         if args.mode == "accuracy":
             result = run_accuracy(args.model, problems, args.samples, args.out, tasks=args.tasks,
                                   batch_size=args.batch_size, **kw)
@@ -62,7 +64,7 @@ def main(args) -> int:
         from ..evaluation.evaluate import run_time_budget
         run_time_budget(args.models, problems, args.samples, args.budgets, args.batch_candidates, args.out,
                         title=f"{args.tasks}, {len(problems)} problems", tasks=args.tasks,
-                        max_samples=args.max_samples, bootstrap=args.bootstrap, **kw)
+                        max_samples=args.max_samples, bootstrap=args.bootstrap, resume=args.resume, **kw)
     print(f"-> {args.out}/time_budget.json, time_budget.png, time_budget.md")
     return 0
 

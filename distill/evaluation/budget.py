@@ -339,6 +339,9 @@ def budget_markdown(result: dict, title: str = "") -> str:
                f"{len(meta['batch_times'])} interleaved batches), {meta['samples']} samples per problem"
         if meta.get("capped"):
             note += f" (capped at max_samples: {meta['samples_wanted']} would fill {_s(max(result['budgets']))})"
+        if result.get("sittings", 1) > 1:
+            per = [meta["batch_sittings"].count(i) for i in range(result["sittings"])]
+            note += f"; resumed: batches drawn in {result['sittings']} sittings ({' + '.join(map(str, per))})"
         lines += [f"## {m}" + (" (reference)" if m == result["reference"] else ""), "", note, "",
                   budget_table(result, m), ""]
     lines += ["k: samples per problem within the budget; intervals: 95 % bootstrap over problems; differences: "

@@ -243,7 +243,7 @@ class EngineSampler:
 
 
 def interleaved_draws(samplers: dict, samples: dict[str, int], batch_sizes: dict[str, int], problems: int,
-                      seed: int = 0, clock=None):
+                      seed: int = 0, clock=None, done=None, on_batch=None):
     """Draw samples[m] completions per problem from every model, batch by batch in turn: A's batch 1, B's batch 1,
     A's batch 2, ...; a model whose draws are done drops out. Interleaving spreads whatever drifts during the run
     (clocks, heat, other load on the machine) over all models alike, so their seconds per sample compare.
@@ -251,7 +251,10 @@ def interleaved_draws(samplers: dict, samples: dict[str, int], batch_sizes: dict
     samplers[m](indices, seed) -> one completion per problem index. Model m's jobs are every problem samples[m]
     times, in problem order, cut into batches of batch_sizes[m]; its batch j is drawn with seed + j (reproducible).
     Each call is timed with `clock` (default time.perf_counter). Returns (completions[m][problem] -> list,
-    batch_seconds[m] -> list, order: the model of each batch in the order drawn)."""
+    batch_seconds[m] -> list, order: the model of each batch in the order drawn).
+
+    Resuming: done[m][j] = (completions, seconds) of batches drawn before (DrawJournal) are taken as they are, not
+    drawn again; on_batch(m, j, indices, completions, seconds) is called after every batch drawn now."""
     import time
 
     from tqdm.auto import tqdm
@@ -262,13 +265,20 @@ def interleaved_draws(samplers: dict, samples: dict[str, int], batch_sizes: dict
     order = []
     total = sum(map(len, jobs.values()))
     bar = tqdm(total=total, desc="sampling", unit="sample", disable=total <= max(batch_sizes.values()))
+    done = done or {}
     j = 0
     while active := [m for m in samplers if j * batch_sizes[m] < len(jobs[m])]:
         for m in active:
             chunk = jobs[m][j * batch_sizes[m]:(j + 1) * batch_sizes[m]]
-            t0 = clock()
-            comps = samplers[m](chunk, seed + j)
-            seconds[m].append(clock() - t0)
+            if j in done.get(m, {}):
+                comps, secs = done[m][j]
+            else:
+                t0 = clock()
+                comps = samplers[m](chunk, seed + j)
+                secs = clock() - t0
+                if on_batch:
+                    on_batch(m, j, chunk, comps, secs)
+            seconds[m].append(secs)
             assert len(comps) == len(chunk), f"{m}: {len(comps)} completions for {len(chunk)} prompts"
             for i, c in zip(chunk, comps):
                 out[m][i].append(c)
@@ -302,6 +312,71 @@ def best_batch_size(sampler, problems: int, candidates=(1, 4, 16, 32), seed: int
     return {"seconds_per_sample_by_batch": per, "best_batch": min(per, key=per.get)}
 
 
+class DrawJournal:
+    """The draws of one time-budget run, kept as they happen in out/time_budget.draws.jsonl, one JSON line each: the
+    run's settings first, then each model's best-batch measurement, then every timed batch (model, batch index,
+    problem indices, completions, seconds, and the sitting it was drawn in). An interrupted run resumes from its last
+    whole line: measurements and batches already on file are not redone. A resumed run's timings span sittings,
+    which the result records (`sittings`); batches stay interleaved within each sitting."""
+
+    NAME = "time_budget.draws.jsonl"
+
+    def __init__(self, out: str, settings: dict, resume: bool):
+        import json
+        import os
+        self.path = os.path.join(out, self.NAME)
+        self.meta: dict[str, dict] = {}
+        self.batches: dict[str, dict[int, tuple[list[str], float]]] = {}
+        self.sitting_of: dict[tuple[str, int], int] = {}
+        self.sitting = 0
+        records = []
+        if resume and os.path.isfile(self.path):
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError:  # the line being written when the run stopped
+                        break
+        if records:
+            stored = records[0].get("settings")
+            if stored != settings:
+                diff = sorted(k for k in set(settings) | set(stored or {}) if (stored or {}).get(k) != settings.get(k))
+                raise ValueError(f"{self.path} holds draws made with other settings ({', '.join(diff)} differ); "
+                                 f"move it away to start over")
+            for r in records[1:]:
+                if "meta" in r:
+                    self.meta[r["model"]] = r["meta"]
+                else:
+                    self.batches.setdefault(r["model"], {})[r["batch"]] = (r["completions"], r["seconds"])
+                    self.sitting_of[r["model"], r["batch"]] = r["sitting"]
+            self.sitting = 1 + max(self.sitting_of.values(), default=-1)
+        self._f = open(self.path + ".tmp", "w")
+        for r in records or [{"settings": settings}]:  # rewritten whole: a torn last line is dropped
+            self._f.write(json.dumps(r) + "\n")
+        self._f.flush()
+        os.replace(self.path + ".tmp", self.path)
+
+    def _write(self, record: dict) -> None:
+        import json
+        import os
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def record_meta(self, model: str, meta: dict) -> None:
+        self.meta[model] = meta
+        self._write({"model": model, "meta": meta})
+
+    def record_batch(self, model: str, j: int, indices: list[int], completions: list[str], seconds: float) -> None:
+        self.batches.setdefault(model, {})[j] = (completions, seconds)
+        self.sitting_of[model, j] = self.sitting
+        self._write({"model": model, "batch": j, "indices": list(indices), "completions": completions,
+                     "seconds": seconds, "sitting": self.sitting})
+
+    def close(self) -> None:
+        self._f.close()
+
+
 def _engine_loader(problems, **sampling):
     """spec -> (label, EngineSampler over `problems`): the default model loader of run_time_budget."""
     def load(spec):
@@ -313,7 +388,7 @@ def _engine_loader(problems, **sampling):
 
 def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, out: str, title: str = "",
                     tasks: str = "", *, max_samples: int = 64, bootstrap: int = 1000, grid_points: int = 64,
-                    loader=None, clock=None, **sampling) -> dict:
+                    loader=None, clock=None, resume: bool = False, **sampling) -> dict:
     """Accuracy of each model within wall-clock budgets per problem, against the first spec (the reference, e.g.
     the teacher).
 
@@ -324,6 +399,8 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
        times / its samples, the seconds per sample the curves use.
     3. distill.evaluation.budget: coverage and majority vs seconds at the budgets and on a fine grid, bootstrap
        intervals over problems (`bootstrap` resamples), paired differences to the reference, crossings, verdict.
+    Every measurement and batch goes to out/time_budget.draws.jsonl as it is made (DrawJournal); with `resume` a
+    rerun with the same settings continues from it instead of starting over.
     Writes out/time_budget.{json,png,md}, prints the verdict, returns the JSON's content (`check_timeouts`: the
     answer checks that ran past the time limit). sampling: max_new_tokens, temperature, top_p, seed.
     loader(spec) -> (label, sampler(indices, seed) -> completions) replaces loading models, clock the timer
@@ -346,6 +423,10 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
     loader = loader or _engine_loader(problems, **sampling)
     os.makedirs(out, exist_ok=True)
     before = check_stats()["timeouts"]
+    settings = {"specs": list(specs), "problems": [[p.id, p.answer] for p in problems], "samples": samples,
+                "max_samples": max_samples, "budgets": [float(T) for T in budgets],
+                "batch_candidates": list(batch_candidates), "seed": seed, "sampling": sampling}
+    journal = DrawJournal(out, settings, resume)
     samplers, best, k, meta = {}, {}, {}, {}
     for spec in specs:
         label, sampler = loader(spec)
@@ -353,15 +434,25 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
             raise ValueError(f"model {label!r} given twice in {specs}")
         samplers[label] = sampler
         sampler([0], seed)  # warm-up, untimed: lazy initialisation is no batch size's cost
+        if label in journal.meta:
+            meta[label] = journal.meta[label]
+            k[label], best[label] = meta[label]["samples"], meta[label]
+            print(f"{label}: resumed, {len(journal.batches.get(label, {}))} batches on file")
+            continue
         best[label] = best_batch_size(sampler, len(problems), batch_candidates, seed=seed, clock=clock)
         wanted = math.ceil(max(budgets) / best[label]["seconds_per_sample_by_batch"][best[label]["best_batch"]])
         k[label] = min(max(samples, wanted), max_samples)
         meta[label] = {**best[label], "samples_wanted": wanted, "samples": k[label], "capped": wanted > max_samples}
+        journal.record_meta(label, meta[label])
         print(f"{label}: best batch {best[label]['best_batch']}, drawing {k[label]} samples per problem"
               + (f" (capped: {wanted} would fill {max(budgets):g} s)" if wanted > max_samples else ""))
     tokens0 = {m: getattr(s, "tokens", None) for m, s in samplers.items()}
-    comps, seconds, order = interleaved_draws(samplers, k, {m: b["best_batch"] for m, b in best.items()},
-                                              len(problems), seed=seed, clock=clock)
+    try:
+        comps, seconds, order = interleaved_draws(samplers, k, {m: b["best_batch"] for m, b in best.items()},
+                                                  len(problems), seed=seed, clock=clock, done=journal.batches,
+                                                  on_batch=journal.record_batch)
+    finally:
+        journal.close()
     judge, golds = AnswerJudge(), [p.answer for p in problems]
     spp, tables = {}, {}
     for m in samplers:
@@ -373,13 +464,14 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
         drawn = len(problems) * k[m]
         spp[m] = sum(seconds[m]) / drawn
         meta[m].update({"batch_times": seconds[m], "seconds": sum(seconds[m]), "seconds_per_sample": spp[m],
-                        "pass@1": sum(map(sum, correct)) / drawn})
-        if tokens0[m] is not None:
+                        "pass@1": sum(map(sum, correct)) / drawn,
+                        "batch_sittings": [journal.sitting_of[m, j] for j in range(len(seconds[m]))]})
+        if tokens0[m] is not None and not journal.sitting:  # a resumed run counts only this sitting's tokens
             meta[m]["tokens"] = samplers[m].tokens - tokens0[m]
         print(f"{m}: {spp[m]:.4g} s/sample over {len(seconds[m])} interleaved batches, pass@1 "
               f"{meta[m]['pass@1']:.3f}")
     result = {"tasks": tasks, "problems": len(problems), "samples": samples, "max_samples": max_samples,
-              "models": meta, "batch_order": order,
+              "models": meta, "batch_order": order, "sittings": journal.sitting + 1,
               **analyse(spp, tables, budgets, grid_points=grid_points, bootstrap=bootstrap, seed=seed),
               "check_timeouts": check_stats()["timeouts"] - before}
     with open(os.path.join(out, "time_budget.json"), "w") as f:

@@ -167,10 +167,11 @@ class FakeClock:
         return self.t
 
 
-def _fake_run(out, labels=("A", "B"), **kw):
+def _fake_run(out, labels=("A", "B"), stop_after=None, **kw):
     """run_time_budget on 4 problems with fake models and a fake clock. The first takes 0.1 s per call + 0.05 s per
     sample (best batch 4, 0.075 s/sample, capped at 8 samples), the second 0.4 s + 0.5 s per sample (best batch 4,
     0.6 s/sample: ceil(2 / 0.6) = 4 samples). The first answers every problem right, the second only the first.
+    stop_after=N: the N+1-th sampler call raises KeyboardInterrupt (an interrupted run).
     Returns (result, the sampler calls (model, indices, seed) in order)."""
     clock, calls = FakeClock(), []
     problems = [Problem(str(i), f"q{i}", str(i + 1)) for i in range(4)]
@@ -178,6 +179,8 @@ def _fake_run(out, labels=("A", "B"), **kw):
 
     def loader(spec):
         def sample(indices, seed):
+            if stop_after is not None and len(calls) == stop_after:
+                raise KeyboardInterrupt
             calls.append((spec, list(indices), seed))
             clock.t += cost[spec][0] + cost[spec][1] * len(indices)
             return [f"\\boxed{{{problems[i].answer if spec == labels[0] or i == 0 else 0}}}" for i in indices]
@@ -217,6 +220,35 @@ def test_run_time_budget_interleaves_timed_batches_and_writes_the_verdict(tmp_pa
     assert (tmp_path / "time_budget.png").stat().st_size > 0
     with pytest.raises(ValueError, match="samples <= max_samples"):
         run_time_budget(["A"], [Problem("0", "q", "1")], 9, [1], [1], str(tmp_path), max_samples=8)
+
+
+def test_run_time_budget_resumes_an_interrupted_run_from_its_journal(tmp_path):
+    """Interrupted after 5 of its 12 timed batches, a resumed run draws only the other 7 (after each model's warm-up),
+    and its result equals the uninterrupted run's: completions, batch times, curves, verdict."""
+    whole, _ = _fake_run(tmp_path / "whole", seed=3)
+    # calls before the timed batches: per model one warm-up + 3 best-batch calls, so 8; then stop after 5 batches
+    with pytest.raises(KeyboardInterrupt):
+        _fake_run(tmp_path / "cut", seed=3, stop_after=8 + 5)
+    journal = tmp_path / "cut" / "time_budget.draws.jsonl"
+    with open(journal, "a") as f:
+        f.write('{"model": "A", "batch": 7, "compl')  # a line torn by the interruption
+    r, calls = _fake_run(tmp_path / "cut", seed=3, resume=True)
+    assert [c[1] for c in calls[:2]] == [[0], [0]] and len(calls) == 2 + 7  # warm-ups, then the 7 batches left
+    # the whole run's order: A0 B0 A1 B1 A2 | B2 A3 B3 A4 A5 A6 A7; batch j is drawn with seed 3 + j
+    assert [(c[0], c[2] - 3) for c in calls[2:]] == [("B", 2), ("A", 3), ("B", 3), ("A", 4), ("A", 5), ("A", 6),
+                                                      ("A", 7)]
+    for m in ("A", "B"):
+        assert r["models"][m]["batch_times"] == pytest.approx(whole["models"][m]["batch_times"])
+        assert r["models"][m]["samples"] == whole["models"][m]["samples"]
+    assert r["curves"] == whole["curves"] and r["verdict"] == whole["verdict"]
+    assert r["batch_order"] == whole["batch_order"] and r["sittings"] == 2 and whole["sittings"] == 1
+    sittings = r["models"]["A"]["batch_sittings"] + r["models"]["B"]["batch_sittings"]
+    assert sorted(sittings) == [0] * 5 + [1] * 7
+    assert "resumed: batches drawn in 2 sittings" in (tmp_path / "cut" / "time_budget.md").read_text()
+    with pytest.raises(ValueError, match=r"other settings \(budgets differ\)"):
+        run_time_budget(["A", "B"], [Problem(str(i), f"q{i}", str(i + 1)) for i in range(4)], 2, [0.5, 3],
+                        [1, 2, 4], str(tmp_path / "cut"), max_samples=8, loader=lambda s: (s, None), seed=3,
+                        resume=True)
 
 
 def test_report_states_the_verdict_first_and_the_intervals(tmp_path):
