@@ -286,14 +286,30 @@ def resolve_precision(mixed_precision: str) -> str:
 
 
 def cpu_bf16_wins() -> bool:
-    """Whether bf16 GEMMs beat float32 ones on this CPU (oneDNN's bf16 support, then a measurement, once).
-    HYBRID_CPU_BF16=0 says no without measuring (the test suite runs in float32 on every CPU)."""
+    """Whether bf16 GEMMs beat float32 ones on this CPU: oneDNN's bf16 support, then the CPU's native bf16
+    instructions (avx512_bf16 or amx_bf16 in /proc/cpuinfo: bf16 GEMMs run ~2x float32 ones), else a measurement,
+    once. The flags decide without timing where they are present, so a busy machine at start-up cannot flip the
+    choice. HYBRID_CPU_BF16=0 says no without measuring (the test suite runs in float32 on every CPU)."""
     if os.environ.get("HYBRID_CPU_BF16", "") == "0":
         return False
     if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return False
+    if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        return True
     from .flops import gemm_peak
     return gemm_peak(torch.bfloat16) > 1.2 * gemm_peak(torch.float32)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: the caller measures instead)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _release_precision(mixed_precision: str) -> None:
@@ -360,6 +376,9 @@ class Trainer:
         # bf16 needs no loss scaling: this trainer's own autocast runs it, so trainers of both precisions can live in
         # one process (accelerate keeps one process-wide precision); fp16 goes through accelerate's scaler.
         self.autocast_dtype = torch.bfloat16 if mp == "bf16" and accelerator is None else None
+        self.precision = mp  # kept in checkpoints: a resumed run continues in the precision it started in
+        if args.mixed_precision == "auto":
+            print(f"{name}: mixed_precision auto -> {'float32' if mp == 'no' else mp}")
         if accelerator is None:
             _release_precision("no" if self.autocast_dtype else mp)
         self.acc = accelerator or Accelerator(mixed_precision="no" if self.autocast_dtype else mp,
@@ -435,7 +454,7 @@ class Trainer:
             _write_state(tmp, "trainer", {
                 "optimizer": optimizer, "scheduler": self.sched.state_dict(), "rng": _rng_state(),
                 "step": self.step, "position": self.loader.position, "history": self.history, "seconds": self.seconds,
-                "args": asdict(self.args)})
+                "precision": self.precision, "args": asdict(self.args)})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             with open(os.path.join(self.ckpt_root, "latest.tmp"), "w") as f:
@@ -465,6 +484,24 @@ class Trainer:
             raise CheckpointError(f"{path}: does not fit this model and optimizer ({type(e).__name__}: {e})") from e
         self.step, self.loader.position, self.history = st["step"], st["position"], st["history"]
         self.seconds = float(st.get("seconds", 0.0))  # checkpoints from before max_seconds: not counted
+        self._keep_precision(st.get("precision"), path)
+
+    def _keep_precision(self, stored: str | None, path: str) -> None:
+        """Continue in the precision the checkpoint was trained in. On the CPU, bf16 is this trainer's own autocast,
+        so a run whose `auto` resolves differently today (another machine) switches to the stored one; a precision
+        accelerate holds (fp16, CUDA's bf16) cannot switch, and the resume says so. Checkpoints from before the
+        precision was kept store none."""
+        if stored is None or stored == self.precision:
+            return
+        own = self.acc.mixed_precision == "no" and {stored, self.precision} <= {"bf16", "no"}
+        if own:
+            self.autocast_dtype = torch.bfloat16 if stored == "bf16" else None
+            print(f"{self.name}: {path} was trained with mixed_precision={stored}; continuing in it (this machine "
+                  f"resolved {self.args.mixed_precision!r} to {self.precision})")
+            self.precision = stored
+        else:
+            print(f"{self.name}: warning: {path} was trained with mixed_precision={stored}, this run uses "
+                  f"{self.precision}; the loss trajectory will not continue exactly")
 
     def _optimizer_state(self) -> dict:
         """The optimizer's state dict, whole. Under FSDP2 its moments are DTensor shards: they are gathered onto

@@ -121,6 +121,45 @@ def test_auto_precision_is_float32_on_this_suites_cpu_and_bf16_on_cuda():
     assert resolve_precision("fp16") == "fp16"
 
 
+def test_auto_precision_trusts_the_cpus_bf16_instructions_without_timing(monkeypatch):
+    import distill.flops
+    import distill.train as train
+    monkeypatch.setenv("HYBRID_CPU_BF16", "1")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+
+    def no_timing(*a, **k):
+        raise AssertionError("a CPU with native bf16 instructions must not be timed")
+    monkeypatch.setattr(distill.flops, "gemm_peak", no_timing)
+    monkeypatch.setattr(train, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert train.cpu_bf16_wins() and resolve_precision("auto") == ("bf16")
+    # without the instructions the measurement decides
+    monkeypatch.setattr(train, "cpu_flags", lambda: {"avx512f"})
+    monkeypatch.setattr(distill.flops, "gemm_peak", lambda dtype, *a, **k: 1.0 if dtype == torch.bfloat16 else 2.0)
+    assert not train.cpu_bf16_wins()
+    monkeypatch.setenv("HYBRID_CPU_BF16", "0")
+    assert not train.cpu_bf16_wins()
+
+
+def test_a_resumed_run_continues_in_the_precision_its_checkpoint_was_trained_in(tmp_path):
+    teacher = tiny_teacher("llama").requires_grad_(False)
+    student = hybridize(teacher, [1]).requires_grad_(True)
+    a = TrainArgs(steps=2, batch_size=4, save_every=1, mixed_precision="bf16")
+    t = Trainer(student, kd_loss_step(teacher, {"kl": 1.0}), tiny_rows(n_docs=24), a, str(tmp_path))
+    t.train_step()
+    t.save()
+    # the same run resumed where `auto` resolves to float32 (another machine, or a busy one)
+    t2 = Trainer(student, kd_loss_step(teacher, {"kl": 1.0}), tiny_rows(n_docs=24),
+                 TrainArgs(steps=2, batch_size=4, save_every=1, mixed_precision="no"), str(tmp_path))
+    assert t2.autocast_dtype is None and t2.step_dtype() == torch.float32
+    t2.load(t2.latest_checkpoint())
+    assert t2.precision == "bf16" and t2.autocast_dtype == torch.bfloat16 and t2.step_dtype() == torch.bfloat16
+    t2.save()
+    t3 = Trainer(student, kd_loss_step(teacher, {"kl": 1.0}), tiny_rows(n_docs=24), a, str(tmp_path))
+    t3.load(t3.latest_checkpoint())  # the same precision: nothing changes
+    assert t3.precision == "bf16" and t3.autocast_dtype == torch.bfloat16
+
+
 def test_stages_log_tokens_per_second_and_mfu(tmp_path):
     teacher = tiny_teacher("llama").requires_grad_(False)
     student = hybridize(teacher, [1]).requires_grad_(True)
