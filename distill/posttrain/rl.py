@@ -7,6 +7,10 @@
   KL coefficient beta (default 0, as M1).
 - Rollouts run through the model's `generate()` with the hybrid cache: one prefill, then one single-token forward
   per new token (tested with a forward spy), never a recomputation of the prefix.
+- The policy's per-token log-probabilities (`loss_chunk` > 0): the model's logits of the completion positions only,
+  scored a chunk of rows at a time with a closed-form backward (completion_logps). On the CPU, TRL 1.16's fused LM
+  head scores every position of prompt and completion in float32 tiles of the whole vocabulary. 0: TRL's own head.
+  TRL's head stays where ours does not apply (an entropy bonus, MoE aux loss, images, cast_lm_head_to_fp32).
 - Added in a subclass (HybridGRPOTrainer), not a fork: `drop_zero_variance_groups` removes groups whose rewards are
   all equal (zero advantage: no signal) from the loss and from its token normalizer (DAPO's dynamic sampling
   without the resampling), so they do not dilute the groups that carry signal. Groups must not straddle
@@ -48,8 +52,11 @@ class RLArgs(TRLArgs):
     temperature: float = 1.0
     max_completion_length: int = 128
     drop_zero_variance_groups: bool = False
+    loss_chunk: int = 1024  # token rows per chunk of the policy's log-probabilities; 0: TRL's fused LM head
 
     def __post_init__(self):
+        if self.loss_chunk < 0:
+            raise ValueError(f"loss_chunk={self.loss_chunk} must be >= 0 (0: TRL's fused LM head)")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r} is not one of {LOSS_TYPES}")
         if self.num_generations < 2:
@@ -89,12 +96,80 @@ def rl_rows(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
     return rows
 
 
-class HybridGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer plus optional dropping of zero-variance groups."""
+class _TokenLogProbs(torch.autograd.Function):
+    """log softmax(logits / temperature)[target] of each row of `logits` [N, V], and the entropy of that distribution
+    (no gradient), a chunk of rows at a time in float32: at most [chunk, V] float32 values exist at once. Backward in
+    closed form, d log p_y / d logits = (onehot(y) - softmax) / temperature, recomputed per chunk."""
 
-    def __init__(self, *args, drop_zero_variance_groups: bool = False, **kwargs):
+    @staticmethod
+    def forward(ctx, logits, targets, temperature: float, chunk: int):
+        n = logits.shape[0]
+        logp = logits.new_empty(n, dtype=torch.float32)
+        entropy = logits.new_empty(n, dtype=torch.float32)
+        for a in range(0, n, chunk):
+            z = logits[a:a + chunk].float() / temperature  # out of place: .float() of float32 logits is no copy
+            lse = torch.logsumexp(z, -1)
+            logp[a:a + chunk] = z.gather(1, targets[a:a + chunk, None]).squeeze(1) - lse
+            entropy[a:a + chunk] = lse - (torch.softmax(z, -1) * z).sum(-1)
+        ctx.save_for_backward(logits, targets)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(entropy)
+        ctx.set_materialize_grads(False)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        if grad_logp is None:
+            return None, None, None, None
+        logits, targets = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for a in range(0, logits.shape[0], ctx.chunk):
+            g = grad_logp[a:a + ctx.chunk, None].float()
+            d = torch.softmax(logits[a:a + ctx.chunk].float() / ctx.temperature, -1).mul_(-g)
+            d.scatter_add_(1, targets[a:a + ctx.chunk, None], g)
+            grad[a:a + ctx.chunk] = d.div_(ctx.temperature)
+        return grad, None, None, None
+
+
+def completion_logps(model, input_ids, attention_mask, logits_to_keep: int, temperature: float, chunk: int):
+    """Per-token log-probabilities and entropies [B, logits_to_keep] of the last `logits_to_keep` tokens of each row
+    under `model` at `temperature` (0 at padding): the LM head runs on those positions only (logits_to_keep + 1
+    logits, the last of which predicts past the row and is dropped), then _TokenLogProbs."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep + 1,
+                use_cache=False)
+    logits = out.logits[:, :-1]
+    b, t, v = logits.shape
+    logp, entropy = _TokenLogProbs.apply(logits.reshape(b * t, v), input_ids[:, -logits_to_keep:].reshape(-1),
+                                         temperature, chunk)
+    padded = attention_mask[:, -logits_to_keep:] == 0  # 0 there, as TRL's head gives
+    return logp.view(b, t).masked_fill(padded, 0.0), entropy.view(b, t).masked_fill(padded, 0.0)
+
+
+class HybridGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer plus optional dropping of zero-variance groups, and the policy's log-probabilities through
+    completion_logps (loss_chunk > 0)."""
+
+    def __init__(self, *args, drop_zero_variance_groups: bool = False, loss_chunk: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.drop_zero_variance_groups = drop_zero_variance_groups
+        self.drop_zero_variance_groups, self.loss_chunk = drop_zero_variance_groups, loss_chunk
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **media):
+        """TRL's method (same arguments and results), through completion_logps where it applies."""
+        if (self.loss_chunk == 0 or compute_aux_loss or self._entropy_bonus_enabled or self.args.cast_lm_head_to_fp32
+                or any(v is not None for v in media.values())):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
+                **media)
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for a in range(0, input_ids.size(0), batch_size):
+            with self.accelerator.autocast():
+                lp, ent = completion_logps(model, input_ids[a:a + batch_size], attention_mask[a:a + batch_size],
+                                           logits_to_keep, self.temperature, self.loss_chunk)
+            logps.append(lp)
+            entropies.append(ent)
+        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
@@ -126,7 +201,7 @@ def make_trainer(model, tokenizer, rows: list[dict], args: RLArgs) -> HybridGRPO
     tokenizer.padding_side = "left"
     return HybridGRPOTrainer(model=model, reward_funcs=get_rewards(args.rewards), args=grpo_config(args),
                              train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                             drop_zero_variance_groups=args.drop_zero_variance_groups)
+                             drop_zero_variance_groups=args.drop_zero_variance_groups, loss_chunk=args.loss_chunk)
 
 
 def run_rl(args: RLArgs, resume: bool = False) -> str:

@@ -168,3 +168,44 @@ def test_every_recipes_trl_stage_files_build_their_trl_config(tmp_path):
             assert getattr(config, key) == value, (path, key)
         built += 1
     assert built >= 10
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_chunked_completion_logps_equal_trls_fused_head(arch, tmp_path):
+    """The trainer's log-probabilities with loss_chunk (completion positions only, chunked, closed-form backward)
+    equal TRL's own fused LM head on the same rows: values, entropies, and every parameter's gradient."""
+    from trl import GRPOTrainer
+    torch.manual_seed(0)
+    model = hybridize(tiny_teacher(arch), [1, 3], chunk_size=16)
+    tr = make_trainer(model, tiny_tokenizer(), ROWS, RLArgs(out=str(tmp_path), max_steps=1, num_generations=4,
+                                                            batch_size=8, max_completion_length=6, loss_chunk=5,
+                                                            temperature=0.7, rewards=["format"]))
+    L, vocab = 6, model.config.vocab_size
+    ids = torch.randint(3, vocab, (4, 9 + L))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left-padded prompts
+    mask[1, :1] = 0
+    mask[2, -2:] = 0  # a completion that ended early
+    mask[3, -4:] = 0
+    weights = torch.randn(4, L)
+    results = []
+    for method in (tr._get_per_token_logps_and_entropies,
+                   lambda *a, **k: GRPOTrainer._get_per_token_logps_and_entropies(tr, *a, **k)):
+        tr.model.zero_grad()
+        logp, ent, aux = method(tr.model, ids, mask, L, batch_size=3, compute_entropy=True)
+        (logp * weights).sum().backward()
+        results.append((logp.detach(), ent, {n: p.grad.clone() for n, p in tr.model.named_parameters()
+                                              if p.grad is not None}))
+        assert aux is None and logp.shape == ent.shape == (4, L)
+    (ours, ours_ent, ours_grad), (trl, trl_ent, trl_grad) = results
+    torch.testing.assert_close(ours, trl, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours_ent, trl_ent, rtol=1e-5, atol=1e-5)
+    assert sorted(ours_grad) == sorted(trl_grad) and len(ours_grad) > 10
+    for n in ours_grad:
+        torch.testing.assert_close(ours_grad[n], trl_grad[n], rtol=1e-4, atol=2e-5, msg=n)
+    assert (ours[2, -2:] == 0).all() and (ours[3, -4:] == 0).all()
+
+
+def test_bad_loss_chunk_is_named():
+    with pytest.raises(ValueError, match="loss_chunk=-1"):
+        RLArgs(loss_chunk=-1)
