@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from .tasks import check_stats, extract_answer, is_correct, prompt_of
+from .tasks import answer_text, check_stats, extract_answer, is_correct, prompt_of
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -84,6 +84,7 @@ def score(problems, completions: list[list[str]], ks=(1,)) -> dict:
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completion lists")
     before = check_stats()["timeouts"]
+    completions = [[answer_text(p.problem, c) for c in comps] for p, comps in zip(problems, completions)]
     correct = [[is_correct(c, p.answer) for c in comps] for p, comps in zip(problems, completions)]
     mean, se = _mean_se([sum(r) / len(r) for r in correct if r])
     out = {"problems": len(problems), "pass@1": mean, "pass@1_se": se}
@@ -117,7 +118,8 @@ def _per_problem(run: dict) -> dict[str, float]:
     out = {}
     for p, comps in zip(run["problems"], run["completions"]):
         if comps:
-            out[str(p["id"])] = sum(is_correct(c, str(p["answer"])) for c in comps) / len(comps)
+            out[str(p["id"])] = sum(is_correct(answer_text(p["problem"], c), str(p["answer"])) for c in comps) \
+                / len(comps)
     return out
 
 

@@ -611,6 +611,21 @@ def _recall_one(rng: random.Random, lines: int) -> Problem:
                    solution=solution, level=lines)
 
 
+_RECALL_ASK = re.compile(r"What is the code for ([a-z]+), the first name above\?\s*$")
+
+
+def answer_text(problem: str, completion: str) -> str:
+    """The completion as the answer checker reads it. For a `recall` probe without a boxed answer, the code the
+    completion first states for the asked name ("the code for NAME is N"), boxed: a model that retrieves the code
+    and goes on reciting the list has recalled it (fine-tuned reasoners rarely close such a reply within the probe's
+    tokens). Every other completion is returned as it is."""
+    ask = _RECALL_ASK.search(problem) if isinstance(problem, str) else None
+    if ask is None or not isinstance(completion, str) or last_boxed(completion):
+        return completion
+    said = re.search(rf"code for {ask.group(1)} is (\d+)", completion, flags=re.IGNORECASE)
+    return f"\\boxed{{{said.group(1)}}}" if said else completion
+
+
 def _draw(make, n: int, split: str, seed, what: str) -> list[Problem]:
     """n distinct problems of `split` from make(rng), rng seeded by `seed` (as synthetic_math draws)."""
     if split not in ("train", "test"):

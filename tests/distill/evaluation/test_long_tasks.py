@@ -131,6 +131,32 @@ def test_recall_asks_the_first_key_whose_code_occurs_once_and_filler_scales_with
     assert load_tasks("recall:train", n=1)[0].level == tasks.recall_lines(256)  # the default
 
 
+def test_a_recall_answer_is_the_code_stated_for_the_asked_name_where_nothing_is_boxed(tmp_path):
+    import json
+
+    from distill.evaluation.evaluate import paired_compare, score
+    p = load_tasks("recall:test:distance=64", n=1, seed=2)[0]
+    asked, pairs = _recall_parts(p.problem)
+    other_key, other_code = pairs[1]
+    recited = f"<think>\n<think>\nThe code for {asked} is {p.answer}.\nThe code for {other_key} is {other_code}.\n"
+    wrong = f"The code for {asked} is {other_code}.\nThe code for {asked} is {p.answer}."  # the first statement counts
+    cases = {recited: True, wrong: False, f"\\boxed{{{other_code}}} The code for {asked} is {p.answer}.": False,
+             "<think>\nno idea": False}
+    for completion, right in cases.items():
+        assert score([p], [[completion]])["pass@1"] == float(right), completion
+    assert not is_correct(recited, p.answer)  # the plain checker reads the last number: this rule is recall's own
+    # a problem of another family is read as it was
+    long_p = load_tasks("long:test:tokens=100", n=1)[0]
+    assert tasks.answer_text(long_p.problem, f"The code for {asked} is {long_p.answer}.") == \
+        f"The code for {asked} is {long_p.answer}."
+    # stored evaluations are re-scored by the same rule
+    for name, comps in (("a", [recited]), ("b", [wrong])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({"problems": [p.to_dict()], "completions": [comps]}))
+    r = paired_compare(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (r["base_pass@1"], r["other_pass@1"]) == (1.0, 0.0)
+
+
 @pytest.mark.parametrize("spec, bad", [
     ("long:test:tokens=abc", "abc"), ("long:valid", "valid"), ("recall:test:distance=-3", "-3"),
     ("long:test:tokens=0", "0"), ("long:test:tokens=1.5", "1.5"), ("long:test:tokens=", "''"),
