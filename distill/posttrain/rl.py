@@ -97,20 +97,21 @@ def rl_rows(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
 
 
 class _TokenLogProbs(torch.autograd.Function):
-    """log softmax(logits / temperature)[target] of each row of `logits` [N, V], and the entropy of that distribution
-    (no gradient), a chunk of rows at a time in float32: at most [chunk, V] float32 values exist at once. Backward in
+    """log softmax(logits / temperature)[target] of each row of `logits` [N, V], and (`entropy`) the entropy of that
+    distribution (no gradient; else an empty tensor), a chunk of rows at a time in float32: at most [chunk, V] float32 values exist at once. Backward in
     closed form, d log p_y / d logits = (onehot(y) - softmax) / temperature, recomputed per chunk."""
 
     @staticmethod
-    def forward(ctx, logits, targets, temperature: float, chunk: int):
+    def forward(ctx, logits, targets, temperature: float, chunk: int, want_entropy: bool):
         n = logits.shape[0]
         logp = logits.new_empty(n, dtype=torch.float32)
-        entropy = logits.new_empty(n, dtype=torch.float32)
+        entropy = logits.new_empty(n if want_entropy else 0, dtype=torch.float32)
         for a in range(0, n, chunk):
             z = logits[a:a + chunk].float() / temperature  # out of place: .float() of float32 logits is no copy
             lse = torch.logsumexp(z, -1)
             logp[a:a + chunk] = z.gather(1, targets[a:a + chunk, None]).squeeze(1) - lse
-            entropy[a:a + chunk] = lse - (torch.softmax(z, -1) * z).sum(-1)
+            if want_entropy:
+                entropy[a:a + chunk] = lse - (torch.softmax(z, -1) * z).sum(-1)
         ctx.save_for_backward(logits, targets)
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.mark_non_differentiable(entropy)
@@ -120,7 +121,7 @@ class _TokenLogProbs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy):
         if grad_logp is None:
-            return None, None, None, None
+            return None, None, None, None, None
         logits, targets = ctx.saved_tensors
         grad = torch.empty_like(logits)
         for a in range(0, logits.shape[0], ctx.chunk):
@@ -128,21 +129,22 @@ class _TokenLogProbs(torch.autograd.Function):
             d = torch.softmax(logits[a:a + ctx.chunk].float() / ctx.temperature, -1).mul_(-g)
             d.scatter_add_(1, targets[a:a + ctx.chunk, None], g)
             grad[a:a + ctx.chunk] = d.div_(ctx.temperature)
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
-def completion_logps(model, input_ids, attention_mask, logits_to_keep: int, temperature: float, chunk: int):
+def completion_logps(model, input_ids, attention_mask, logits_to_keep: int, temperature: float, chunk: int,
+                     entropy: bool = True):
     """Per-token log-probabilities and entropies [B, logits_to_keep] of the last `logits_to_keep` tokens of each row
-    under `model` at `temperature` (0 at padding): the LM head runs on those positions only (logits_to_keep + 1
+    under `model` at `temperature` (0 at padding; entropies None without `entropy`): the LM head runs on those positions only (logits_to_keep + 1
     logits, the last of which predicts past the row and is dropped), then _TokenLogProbs."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep + 1,
                 use_cache=False)
     logits = out.logits[:, :-1]
     b, t, v = logits.shape
-    logp, entropy = _TokenLogProbs.apply(logits.reshape(b * t, v), input_ids[:, -logits_to_keep:].reshape(-1),
-                                         temperature, chunk)
+    logp, ent = _TokenLogProbs.apply(logits.reshape(b * t, v), input_ids[:, -logits_to_keep:].reshape(-1),
+                                     temperature, chunk, entropy)
     padded = attention_mask[:, -logits_to_keep:] == 0  # 0 there, as TRL's head gives
-    return logp.view(b, t).masked_fill(padded, 0.0), entropy.view(b, t).masked_fill(padded, 0.0)
+    return logp.view(b, t).masked_fill(padded, 0.0), ent.view(b, t).masked_fill(padded, 0.0) if entropy else None
 
 
 class HybridGRPOTrainer(GRPOTrainer):
@@ -166,7 +168,7 @@ class HybridGRPOTrainer(GRPOTrainer):
         for a in range(0, input_ids.size(0), batch_size):
             with self.accelerator.autocast():
                 lp, ent = completion_logps(model, input_ids[a:a + batch_size], attention_mask[a:a + batch_size],
-                                           logits_to_keep, self.temperature, self.loss_chunk)
+                                           logits_to_keep, self.temperature, self.loss_chunk, compute_entropy)
             logps.append(lp)
             entropies.append(ent)
         return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None

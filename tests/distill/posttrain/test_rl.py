@@ -204,6 +204,10 @@ def test_chunked_completion_logps_equal_trls_fused_head(arch, tmp_path):
     for n in ours_grad:
         torch.testing.assert_close(ours_grad[n], trl_grad[n], rtol=1e-4, atol=2e-5, msg=n)
     assert (ours[2, -2:] == 0).all() and (ours[3, -4:] == 0).all()
+    with torch.no_grad():  # the old / reference log-probabilities: no entropy asked, the same values
+        logp, ent, _ = tr._get_per_token_logps_and_entropies(tr.model, ids, mask, L, compute_entropy=False)
+    assert ent is None
+    torch.testing.assert_close(logp, trl, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_loss_chunk_is_named():
