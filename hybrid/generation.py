@@ -7,8 +7,9 @@ What it does that `GenerationMixin.generate` spends time on otherwise:
   conv and SSM states; the attention mask is one preallocated buffer, sliced;
 - prefill computes logits for the last position only;
 - one short Python loop per token: sample, append, check stops; no logits-processor or stopping-criteria objects;
-- on the CPU, linear layers run on weights packed for oneDNN for the length of the call (hybrid.prepack), which
-  is about twice as fast as F.linear's MKL path at decode shapes on the AMD machine this was measured on.
+- on the CPU, linear layers run on weights packed for the length of the call (hybrid.prepack): for the csrc
+  few-rows kernel where it builds (decode steps; 1.4-1.6x oneDNN's packed kernel on a whole SmolLM2-135M step at
+  batch 16 on the AMD machine this was measured on), oneDNN for prefill; oneDNN alone elsewhere.
 
 Prompts of different lengths are left-padded (position ids count real tokens only; pads never touch a mixer's
 state: see HybridModel). Sampling: temperature, top-k, top-p, from a seeded torch.Generator, so a seed gives the
@@ -42,8 +43,8 @@ which dynamo does not trace, and the same eager code keeps a seed's samples thos
 logits).
 
 On a CPU the decode step of a small model is bound by its weight GEMMs (most of a SmolLM2-135M batch-16 step is
-aten::mm with F.linear, by torch.profiler), which is why packing the weights for oneDNN is the engine's largest
-gain over HF generate there (`bench throughput --prepack on off`).
+aten::mm with F.linear, by torch.profiler), which is why packing the weights is the engine's largest gain over HF
+generate there (`bench throughput --prepack off onednn csrc`).
 
 `HybridForCausalLM.generate()` routes here when it is called with nothing but inputs, lengths, sampling
 settings and token ids (`generate_like_hf`); anything else (streamers, logits processors, beams, output_* flags)
@@ -351,7 +352,7 @@ class GenerationOutput:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     decode_mode: str = "eager"  # the decode step that ran: eager, static, graph or compiled
-    linear: str = "aten"  # the CPU linear layers: "aten" (F.linear) or "onednn-packed" (hybrid.prepack)
+    linear: str = "aten"  # the CPU linear layers: "aten" (F.linear), "csrc-skinny" or "onednn-packed" (hybrid.prepack)
     compile_seconds: float = 0.0  # "compiled": compiling (or finding compiled) and warming up the step, not in decode
 
 
@@ -371,13 +372,13 @@ def check_length(model, prompts: list[list[int]], max_new_tokens: int) -> None:
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], params: SamplingParams | None = None, eos_token_id=None,
              pad_token_id: int = 0, tokenizer=None, timer=None, on_step=None, decode: str = "auto",
-             prepack: bool | None = None) -> GenerationOutput:
+             prepack: bool | str | None = None) -> GenerationOutput:
     """Generate for a batch of token-id prompts. eos_token_id: an id or list of ids (default: the model's).
 
     decode: the decode step, "auto" | "eager" | "static" | "graph" | "compiled" (module docstring).
     prepack: run the CPU linear layers on oneDNN-packed weights for this call (hybrid.prepack; packing time is
     counted in prefill_seconds); None: on the CPU unless HYBRID_PREPACK=0; off with decode="compiled"
-    (decode_prepack).
+    (decode_prepack). "csrc" / "onednn": that packing (hybrid.prepack.packing_kind).
 
     timer: optional callable returning seconds (e.g. a synchronizing clock) for prefill / decode timing.
     on_step: optional callable(tokens [b] list[int], active [b] list[bool]) called after every sampled token
@@ -397,7 +398,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
     prepack = decode_prepack(resolve_decode(model, decode, next(model.parameters()).device), prepack)
     with prepacked_linears(model, prepack) as packed:
         out = _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clock, t0, on_step, decode)
-    out.linear = "onednn-packed" if packed else "aten"
+    out.linear = packed.label
     return out
 
 

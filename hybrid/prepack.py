@@ -15,6 +15,24 @@ Every nn.Linear on the CPU is packed on entry of `prepacked_linears` (so it uses
 rollout after an optimizer step packs the new ones) and restored on exit; nothing persists, nothing is written
 to the model's parameters. The packed op has no backward, so a call with gradients enabled takes `F.linear`.
 Results equal `F.linear` up to float rounding (another summation order; tests/hybrid/test_prepack.py).
+
+Those figures time one weight again and again, so it stays in the caches (`bench linear --warm`). In a model every
+weight comes from memory once per step, and there oneDNN's and MKL's products of 16 rows stream the weights at 4-9
+GB/s, a fifth of the ~40 GB/s the machine reads (a decode step of SmolLM2-135M at batch 16 spent 71 of its ~135 ms
+in them, torch.profiler). `hybrid-distill bench linear` (weights from memory, 16 rows, float32, one run on an
+AVX512-BF16 AMD EPYC, 2 threads):
+
+    576 -> 576     F.linear   223 us   oneDNN   199 us   csrc   113 us (11.8 GB/s)
+    576 -> 1536    F.linear   605 us   oneDNN   409 us   csrc   217 us (16.3 GB/s)
+    1536 -> 576    F.linear   564 us   oneDNN   427 us   csrc   297 us (11.9 GB/s)
+    576 -> 49152   F.linear 30000 us   oneDNN 14099 us   csrc  6706 us (16.9 GB/s)
+
+and in bfloat16 (`--dtype bfloat16`) oneDNN 186 / 352 / 269 / 9161 us against csrc 80 / 166 / 237 / 3913 us. Where the project's
+kernels build (csrc/cpu/skinny_linear.cpp: AVX-512 for float32, AVX512-BF16 for bfloat16) the weights are packed
+for that kernel instead ("csrc"), which reads each one front to back once; it runs calls of up to `SKINNY_ROWS`
+rows (a decode step's batch). Larger calls (prefill), where oneDNN is the faster of the two, run on a second,
+oneDNN-packed copy when both copies fit in half the available memory, else on F.linear. HYBRID_PREPACK=onednn keeps
+oneDNN alone.
 """
 from __future__ import annotations
 
@@ -27,6 +45,38 @@ import torch.nn.functional as F
 from torch import nn
 
 _state: dict[str, bool] = {}
+KINDS = ("csrc", "onednn")
+SKINNY_ROWS = 64  # the few-rows kernel takes calls of up to this many rows; beyond (prefill), oneDNN or F.linear
+LABELS = {"csrc": "csrc-skinny", "onednn": "onednn-packed", None: "aten"}
+
+
+class Packed(int):
+    """What `prepacked_linears` yields: the number of layers packed (an int, as before), and `kind`, the packing
+    they run on ("csrc", "onednn", or None where nothing is packed); `label` names it in benchmark rows."""
+
+    def __new__(cls, n: int, kind: str | None):
+        obj = super().__new__(cls, n)
+        obj.kind = kind if n else None
+        return obj
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.kind]
+
+
+def _skinny():
+    """The csrc module when its few-rows linear kernel builds here, else None (checked once)."""
+    if "skinny" not in _state:
+        from .ops.csrc import extension
+        ext = extension()
+        _state["skinny"] = ext if ext is not None and hasattr(ext, "skinny_linear_supported") else None
+    return _state["skinny"]
+
+
+def skinny_supported(dtype: torch.dtype) -> bool:
+    ext = _skinny()
+    return ext is not None and dtype in (torch.float32, torch.bfloat16) and \
+        bool(ext.skinny_linear_supported(dtype == torch.bfloat16))
 
 
 def op_works() -> bool:
@@ -57,17 +107,37 @@ def dtype_supported(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def _flag() -> str:
+    flag = os.environ.get("HYBRID_PREPACK", "1").strip()
+    if flag not in ("0", "1", "onednn"):
+        raise ValueError(f"HYBRID_PREPACK={flag!r} must be 0, 1 or onednn")
+    return flag
+
+
 def prepack_default(device: torch.device) -> bool:
     """Whether generation prepacks by default: on the CPU, where oneDNN works, unless HYBRID_PREPACK=0."""
-    flag = os.environ.get("HYBRID_PREPACK", "1").strip()
-    if flag not in ("0", "1"):
-        raise ValueError(f"HYBRID_PREPACK={flag!r} must be 0 or 1")
-    return flag == "1" and torch.device(device).type == "cpu" and op_works()
+    return _flag() != "0" and torch.device(device).type == "cpu" and op_works()
 
 
-def _packable(m: nn.Module) -> bool:
-    return (type(m) is nn.Linear and type(m.weight) is nn.Parameter and m.weight.device.type == "cpu"  # not DTensor
-            and dtype_supported(m.weight.dtype) and "forward" not in vars(m))  # an instance forward: a hook owns it
+def packing_kind(dtype: torch.dtype, kind: str | None = None) -> str | None:
+    """The packing a linear of `dtype` gets: `kind` when given ("csrc" needs the kernel for the dtype: ValueError
+    otherwise), else "csrc" where the few-rows kernel builds for it (unless HYBRID_PREPACK=onednn), else "onednn"
+    where oneDNN has the dtype, else None."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"packing kind {kind!r} is not one of {KINDS}")
+    if kind == "csrc" and not skinny_supported(dtype):
+        raise ValueError(f"packing kind 'csrc': no few-rows kernel for {dtype} in this build (csrc/ needs AVX-512, "
+                         "and AVX512-BF16 for bfloat16)")
+    if kind is None:
+        kind = "csrc" if _flag() != "onednn" and skinny_supported(dtype) else "onednn"
+    return kind if kind == "csrc" or (op_works() and dtype_supported(dtype)) else None
+
+
+def _packable(m: nn.Module, kind: str = "onednn") -> bool:
+    if not (type(m) is nn.Linear and type(m.weight) is nn.Parameter and m.weight.device.type == "cpu"  # not DTensor
+            and "forward" not in vars(m)):  # an instance forward: a hook owns it
+        return False
+    return skinny_supported(m.weight.dtype) if kind == "csrc" else dtype_supported(m.weight.dtype)
 
 
 class _PackedForward:
@@ -80,6 +150,25 @@ class _PackedForward:
         if torch.is_grad_enabled() or x.dtype != m.weight.dtype or x.device.type != "cpu":
             return F.linear(x, m.weight, m.bias)
         return packed_linear(x, self.packed, m.bias)
+
+
+class _SkinnyForward:
+    """The few-rows kernel for calls of up to SKINNY_ROWS rows (decode); larger ones (prefill) on a oneDNN-packed
+    copy where `large` (and oneDNN has the dtype), else F.linear."""
+
+    def __init__(self, module: nn.Linear, large: bool = True):
+        self.module, self.ext = module, _skinny()
+        w = module.weight.detach()
+        self.packed = self.ext.skinny_pack_cpu(w)
+        self.large = w.to_mkldnn() if large and op_works() and dtype_supported(w.dtype) else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        if torch.is_grad_enabled() or x.dtype != m.weight.dtype or x.device.type != "cpu":
+            return F.linear(x, m.weight, m.bias)
+        if x.numel() <= SKINNY_ROWS * x.shape[-1]:
+            return self.ext.skinny_linear_cpu(x, self.packed, m.bias, m.out_features)
+        return F.linear(x, m.weight, m.bias) if self.large is None else packed_linear(x, self.large, m.bias)
 
 
 def available_memory() -> int | None:
@@ -95,25 +184,33 @@ def available_memory() -> int | None:
 
 
 @contextlib.contextmanager
-def prepacked_linears(model: nn.Module, enabled: bool | None = None):
-    """Inside this block every packable nn.Linear of `model` (CPU, float32 or bfloat16 where oneDNN has it) runs
-    on a oneDNN-packed copy of its weight taken on entry. Yields the number of layers packed.
-    enabled None: `prepack_default` for the model's device.
+def prepacked_linears(model: nn.Module, enabled: bool | str | None = None):
+    """Inside this block every packable nn.Linear of `model` (CPU, float32 or bfloat16) runs on a packed copy of
+    its weight taken on entry: for the csrc few-rows kernel where it builds, else for oneDNN (`packing_kind`).
+    Yields `Packed`: the number of layers packed, and the kind.
+    enabled None: `prepack_default` for the model's device; True: pack with the default kind; "csrc" or "onednn":
+    pack with that kind; False: nothing.
 
     The copies take as much memory as those weights; where they would take more than half of what the system has
     available, nothing is packed (one warning): a slower generation rather than an out-of-memory kill."""
+    p = next(model.parameters())
     if enabled is None:
-        enabled = prepack_default(next(model.parameters()).device)
-    mods = [m for m in model.modules() if _packable(m)] if enabled and op_works() else []
+        enabled = prepack_default(p.device)
+    kind = packing_kind(p.dtype, enabled if isinstance(enabled, str) else None) if enabled else None
+    if kind == "onednn" and not op_works():
+        kind = None
+    mods = [m for m in model.modules() if _packable(m, kind)] if kind else []
     need, avail = sum(m.weight.numel() * m.weight.element_size() for m in mods), available_memory()
+    large = kind == "csrc" and (avail is None or 2 * need <= avail // 2)  # csrc: a oneDNN copy for prefill too
     if mods and avail is not None and need > avail // 2:
         if "memory" not in _state:
             _state["memory"] = True
             warnings.warn(f"not packing linear weights for oneDNN: the copies need {need / 2**30:.1f} GiB and "
                           f"{avail / 2**30:.1f} GiB is available; using F.linear", stacklevel=3)
         mods = []
-    with _forwards(mods, _PackedForward) as n:
-        yield n
+    make = (lambda m: _SkinnyForward(m, large)) if kind == "csrc" else _PackedForward
+    with _forwards(mods, make) as n:
+        yield Packed(n, kind)
 
 
 @contextlib.contextmanager

@@ -25,9 +25,13 @@ def add_parser(subparsers) -> None:
     out_flags(bo)
     bo.set_defaults(func=main)
     bl = add_command(bsub, "linear",
-                     help="F.linear against oneDNN-packed weights at SmolLM2-135M's shapes (hybrid.prepack)")
+                     help="F.linear, oneDNN-packed weights and the csrc few-rows kernel at SmolLM2-135M's shapes, "
+                          "weights read from memory as in a model (hybrid.prepack)")
     bl.add_argument("--rows", type=positive, default=16, help="input rows (the decode batch)")
-    bl.add_argument("--reps", type=positive, default=40)
+    bl.add_argument("--reps", type=positive, default=10)
+    bl.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    bl.add_argument("--warm", action="store_true",
+                    help="time one weight again and again from the caches (optimistic) instead of from memory")
     bl.set_defaults(func=main)
 
 
@@ -49,9 +53,10 @@ def _throughput_flags(bt) -> None:
                          "compiled: the static step through torch.compile, compiled once per model, batch and cache "
                          "length, compile time reported apart, linears unpacked); default auto alone (graph on CUDA "
                          "where it applies)")
-    bt.add_argument("--prepack", nargs="+", default=None, choices=["on", "off"],
-                    help="run every model with its CPU linear layers on oneDNN-packed weights (on) and/or on "
-                         "F.linear (off), side by side; default: on for CPU models (hybrid.prepack)")
+    bt.add_argument("--prepack", nargs="+", default=None, choices=["on", "off", "csrc", "onednn"],
+                    help="run every model with its CPU linear layers on packed weights (on: the csrc few-rows kernel "
+                         "where it builds, else oneDNN; csrc or onednn: that one) and/or on F.linear (off), side by "
+                         "side; default: on for CPU models (hybrid.prepack)")
     bt.add_argument("--interleave", action="store_true",
                     help="time the --context rows of all models together, one decode step of each in turn (all "
                          "models stay loaded), so drift of the machine's speed lands on every model alike")
@@ -100,7 +105,7 @@ def _ops(args) -> int:
 def _linear(args) -> int:
     from ..evaluation.kernels import run_linears
 
-    run_linears(args.rows, args.reps)
+    run_linears(args.rows, args.reps, args.dtype, cold_bytes=0 if args.warm else 256 << 20)
     return 0
 
 

@@ -65,7 +65,8 @@ class FrozenTeacher:
 
     def __enter__(self):
         if self.packed:
-            self._stack.enter_context(prepacked_linears(self.model, enabled=True))
+            # oneDNN: the teacher's forward runs whole rows (thousands of tokens), not the few rows of a decode step
+            self._stack.enter_context(prepacked_linears(self.model, enabled="onednn"))
         return self
 
     def __exit__(self, *exc):

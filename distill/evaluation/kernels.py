@@ -17,7 +17,8 @@ from hybrid.ops import backends, csrc
 from hybrid.ops.conv1d import causal_conv1d, causal_conv1d_update
 from hybrid.ops.selective_scan import selective_state_step
 from hybrid.ops.ssd import ssd_chunked, ssd_step
-from hybrid.prepack import op_works, packed_linear
+from hybrid.ops.csrc import extension as csrc_extension
+from hybrid.prepack import dtype_supported, op_works, packed_linear
 
 from .throughput import environment
 
@@ -153,24 +154,46 @@ def _compare_prefill(rows, ext, name, shape, b, T, reps) -> None:
              lambda: ext.causal_conv1d_cpu(xc, wc, bc, None, None, True), max(2, reps // 5), T=T)
 
 
-def run_linears(rows: int = 16, reps: int = 40) -> list[dict]:
-    """`hybrid-distill bench linear`: F.linear against the oneDNN-packed linear generation uses on the CPU
-    (hybrid.prepack), at SmolLM2-135M's shapes, `rows` input rows, median of `reps` calls after 5 warm-ups. The
-    table in hybrid/prepack.py's docstring comes from here. Returns one row per shape (also printed)."""
-    works = op_works()
+def run_linears(rows: int = 16, reps: int = 40, dtype: str = "float32", cold_bytes: int = 256 << 20) -> list[dict]:
+    """`hybrid-distill bench linear`: the CPU linear paths generation can take (hybrid.prepack) side by side at
+    SmolLM2-135M's shapes and `rows` input rows: F.linear (MKL), oneDNN-packed weights, and the csrc few-rows kernel
+    where it builds for `dtype`. Each timed call reads its weight from memory, as a model's decode step does: the
+    calls cycle through copies of the weight that together exceed `cold_bytes` (0: one weight, timed again and again
+    from the caches, the optimistic figure). Median over `reps` passes after one warm-up pass; every path is checked
+    against F.linear first. Returns one row per shape (also printed)."""
+    from hybrid.prepack import skinny_supported
+    dt = getattr(torch, dtype)
+    works, skinny = op_works() and dtype_supported(dt), skinny_supported(dt)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, oneDNN packed linear works: {works}")
-    if not works:
-        return []
+          f"{torch.backends.cpu.get_cpu_capability()}, {dtype}, oneDNN packed linear works: {works}, csrc few-rows "
+          f"kernel: {skinny}; weights {'from memory' if cold_bytes else 'from the caches'}")
+    ext = csrc_extension() if skinny else None
     out = []
     for name, (n_in, n_out) in LINEAR_SHAPES.items():
-        w, x = torch.randn(n_out, n_in), torch.randn(rows, n_in)
-        packed = w.to_mkldnn()
-        err = (packed_linear(x, packed, None) - F.linear(x, w)).abs().max().item()
-        a = 1e6 * median_seconds(lambda: F.linear(x, w), reps, warmup=5)
-        b = 1e6 * median_seconds(lambda: packed_linear(x, packed, None), reps, warmup=5)
-        out.append({"shape": name, "in": n_in, "out": n_out, "rows": rows, "f_linear_us": a, "packed_us": b,
-                    "speedup": a / b, "max_abs_diff": err})
-        print(f"{name:16s} {n_in:5d} -> {n_out:5d}: F.linear {a:9.1f} us  packed {b:9.1f} us  {a / b:5.2f}x  "
-              f"(max abs diff {err:.1e})")
+        g = torch.Generator().manual_seed(0)
+        w0 = torch.randn(n_out, n_in, generator=g).to(dt)
+        copies = max(1, -(-cold_bytes // (w0.numel() * w0.element_size()))) if cold_bytes else 1
+        ws = [w0] + [w0 + 0 for _ in range(copies - 1)]
+        x = torch.randn(rows, n_in, generator=g).to(dt)
+        ref = F.linear(x.double(), w0.double())
+        paths = {"f_linear": ([w for w in ws], lambda w: F.linear(x, w))}
+        if works:
+            paths["packed"] = ([w.to_mkldnn() for w in ws], lambda p: packed_linear(x, p, None))
+        if skinny:
+            paths["csrc"] = ([ext.skinny_pack_cpu(w) for w in ws], lambda p: ext.skinny_linear_cpu(x, p, None, n_out))
+        row = {"shape": name, "in": n_in, "out": n_out, "rows": rows, "dtype": dtype, "copies": copies}
+        for key, (weights, call) in paths.items():
+            row[f"{key}_max_abs_diff"] = (call(weights[0]).double() - ref).abs().max().item()
+
+            def one_pass(weights=weights, call=call):
+                for w in weights:
+                    call(w)
+            row[f"{key}_us"] = 1e6 * median_seconds(one_pass, reps, warmup=1) / copies
+            row[f"{key}_GBps"] = w0.numel() * w0.element_size() / row[f"{key}_us"] / 1e3
+        for key in ("packed", "csrc"):
+            if f"{key}_us" in row:
+                row[f"{key}_speedup"] = row["f_linear_us"] / row[f"{key}_us"]
+        out.append(row)
+        cols = "  ".join(f"{k} {row[f'{k}_us']:9.1f} us ({row[f'{k}_GBps']:4.1f} GB/s)" for k in paths)
+        print(f"{name:16s} {n_in:5d} -> {n_out:5d}: {cols}")
     return out

@@ -51,7 +51,8 @@ class ThroughputSettings:
     dtype: load every model in this dtype (e.g. "bfloat16"); None: as stored.
     decode: engine decode steps to run every model with (e.g. ["eager", "graph"], "compiled": torch.compile);
     None: "auto" alone.
-    prepack: engine linear settings to run every model with, "on" / "off" (hybrid.prepack); None: the default
+    prepack: engine linear settings to run every model with, "on" / "off" / "csrc" / "onednn" (hybrid.prepack);
+    None: the default
     (off for the compiled step, which "on" does not combine with: that pair is reported skipped).
     interleave: time the context rows of all models together, a step of each in turn (time_contexts_interleaved;
     every model stays loaded), instead of model after model.
@@ -73,8 +74,8 @@ class ThroughputSettings:
 
     def __post_init__(self):
         for p in self.prepack or []:
-            if p not in ("on", "off"):
-                raise ValueError(f"prepack={p!r}: each setting is 'on' or 'off'")
+            if p not in ("on", "off", "csrc", "onednn"):
+                raise ValueError(f"prepack={p!r}: each setting is 'on', 'off', 'csrc' or 'onednn'")
 
 
 class _Run(NamedTuple):
@@ -226,8 +227,7 @@ def time_context(model, batch, context, steps=8, seed=0, decode="auto", prepack=
     dev = next(model.parameters()).device
     prepack = decode_prepack(resolve_decode(model, decode, dev), prepack)
     with prepacked_linears(model, prepack) as packed:
-        return {**_time_context(model, batch, context, steps, seed, decode, dev),
-                "linear": "onednn-packed" if packed else "aten"}
+        return {**_time_context(model, batch, context, steps, seed, decode, dev), "linear": packed.label}
 
 
 def _time_context(model, batch, context, steps, seed, decode, dev) -> dict:
@@ -283,7 +283,7 @@ def time_contexts_interleaved(entries, batch, context, steps=8, seed=0) -> dict:
             packed = stack.enter_context(prepacked_linears(model, prepack))
             with _kernels(kernels):
                 mode, step = _context_stepper(model, batch, context, steps, seed, decode or "auto", dev)
-            steppers[label] = (kernels, mode, step, "onednn-packed" if packed else "aten")
+            steppers[label] = (kernels, mode, step, packed.label)
         times = {label: [] for label in steppers}
         for s in range(steps):
             for label, (kernels, _, step, _) in steppers.items():
@@ -350,7 +350,8 @@ def _measure(run: _Run, s: ThroughputSettings, env: dict, rows: list, kept: dict
         model, tok, label = load_model(run.spec, dtype=s.dtype)
         tags = [x for x in (run.kernels, run.decode, run.prepack and f"prepack {run.prepack}") if x is not None]
         label = f"{label} [{', '.join(tags)}]" if tags else label
-        decode, prepack = run.decode or "auto", None if run.prepack is None else run.prepack == "on"
+        decode = run.decode or "auto"
+        prepack = {None: None, "on": True, "off": False}.get(run.prepack, run.prepack)  # csrc / onednn: that kind
         if torch.cuda.is_available():
             model = model.cuda()
         if not _passes(model, tok, label, decode, prepack, rows):

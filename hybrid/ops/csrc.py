@@ -21,7 +21,8 @@ def _sources_dir() -> str:
 
 
 CSRC = _sources_dir()
-SOURCES = ["binding.cpp", "cpu/mamba2_step.cpp", "cpu/ssd_scan.cpp", "cpu/conv1d.cpp", "cpu/mamba1_step.cpp"]
+SOURCES = ["binding.cpp", "cpu/mamba2_step.cpp", "cpu/ssd_scan.cpp", "cpu/conv1d.cpp", "cpu/mamba1_step.cpp",
+           "cpu/skinny_linear.cpp"]
 CUDA_SOURCES = ["cuda/mamba2_step.cu", "cuda/mamba2_step_torch.cpp", "cuda/ssd_scan.cu", "cuda/conv1d.cu",
                 "cuda/mamba1_step.cu", "cuda/scan_ops_torch.cpp"]  # only when torch has CUDA
 _state: dict = {}

@@ -1,5 +1,6 @@
 """The kernel and sampler benchmarks (`bench linear`, `bench ops`, `bench sampler`): every row gated and timed."""
 import pytest
+import torch
 
 import hybrid.prepack as prepack
 from hybrid.ops import csrc
@@ -10,12 +11,17 @@ needs_csrc = pytest.mark.skipif(csrc.extension() is None, reason="hybrid._C coul
 
 
 @needs_prepack
-def test_linear_benchmark_times_both_paths_on_equal_results(capsys):
+@pytest.mark.parametrize("cold", [0, 4 << 20])
+def test_linear_benchmark_times_every_path_on_equal_results(capsys, cold):
     from distill.evaluation.kernels import LINEAR_SHAPES, run_linears
-    rows = run_linears(rows=2, reps=1)
+    rows = run_linears(rows=2, reps=1, cold_bytes=cold)
+    paths = ["f_linear", "packed"] + (["csrc"] if prepack.skinny_supported(torch.float32) else [])
     assert [r["shape"] for r in rows] == list(LINEAR_SHAPES)
-    assert all(r["f_linear_us"] > 0 and r["packed_us"] > 0 and r["max_abs_diff"] < 1e-3 for r in rows)
-    assert "oneDNN packed linear works: True" in capsys.readouterr().out
+    for r in rows:
+        assert r["copies"] == (1 if not cold else max(1, -(-cold // (4 * r["in"] * r["out"]))))
+        assert all(r[f"{p}_us"] > 0 and r[f"{p}_max_abs_diff"] < 1e-3 for p in paths), r
+    out = capsys.readouterr().out
+    assert "oneDNN packed linear works: True" in out and ("from memory" if cold else "from the caches") in out
 
 
 @needs_csrc

@@ -37,20 +37,25 @@ def test_bench_throughput_runs_the_teacher_with_packed_and_plain_linears(tmp_pat
     import json
 
     from distill.evaluation.throughput import ThroughputSettings, ratio_table, run_throughput
-    from hybrid.prepack import op_works
+    from hybrid.prepack import LABELS, packing_kind, skinny_supported
     folder = tmp_path / "t"
     tiny_teacher("llama").save_pretrained(folder)
     with pytest.raises(ValueError, match="prepack='maybe'"):
         ThroughputSettings(models=[str(folder)], out=str(tmp_path / "bench"), prepack=["maybe"])
     result = run_throughput(ThroughputSettings(models=[str(folder)], out=str(tmp_path / "bench"), batch=[2],
                                                prompt_len=8, gen_len=4, context=[32], context_steps=2,
-                                               prepack=["on", "off"]))
+                                               prepack=["on", "off", "onednn"] +
+                                               (["csrc"] if skinny_supported(torch.float32) else [])))
     assert json.loads((tmp_path / "bench" / "bench.json").read_text()) == json.loads(json.dumps(result))
     rows = result["results"]
     linear = {r["model"].split(" [", 1)[1]: r["linear"] for r in rows}
-    assert linear == {"prepack on]": "onednn-packed" if op_works() else "aten", "prepack off]": "aten"}
+    want = {"prepack on]": LABELS[packing_kind(torch.float32)], "prepack off]": "aten",
+            "prepack onednn]": LABELS[packing_kind(torch.float32, "onednn")]}
+    if skinny_supported(torch.float32):
+        want["prepack csrc]"] = "csrc-skinny"
+    assert linear == want
     gen = [r for r in rows if r["mode"] == "generate"]
-    assert len(gen) == 2 and all(r["hf_tokens_per_s"] > 0 for r in gen)
+    assert len(gen) == len(want) and all(r["hf_tokens_per_s"] > 0 for r in gen)
     table = ratio_table(result)
     assert all(f"{r['tokens_per_s'] / r['hf_tokens_per_s']:.2f}x" in table for r in gen)
 
