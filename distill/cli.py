@@ -46,6 +46,13 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv=None) -> int:
+    if argv is None:  # the command line itself (not a call from Python): run on tcmalloc where installed
+        from .allocator import rerun_under_tcmalloc
+        try:
+            rerun_under_tcmalloc()
+        except ValueError as err:
+            print(f"hybrid-distill: error: {err}", file=sys.stderr)
+            return 2
     from .train import NonFiniteLoss  # here, not at the top: `hybrid-distill --help` stays fast
 
     args = build_parser().parse_args(argv)

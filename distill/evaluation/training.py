@@ -8,8 +8,10 @@ own Trainer and loss step; the variants take turns, one optimizer step each, so 
 lands on all alike (where all their training states fit in memory together; otherwise one after the other, and
 the result says `order: sequential`). Reported per variant: input tokens/s (median over the timed steps), MFU
 (model FLOPs per second, distill.flops, over the GEMM peak this run measures for the variant's dtype), the
-memory a step takes above what stays resident, the resident training state (weights, gradients, optimizer moments), and the loss at
-every step (so `--steps 50` shows whether a variant learns like float32). Results: bench_train.json, .csv, .png.
+memory a step takes above what stays resident, the resident training state (weights, gradients, optimizer moments),
+the page faults a step takes and the share of its CPU time spent in the kernel (fresh pages of large buffers: the
+C allocator in use is named), and the loss at every step (so `--steps 50` shows whether a variant learns like
+float32). Results: bench_train.json, .csv, .png.
 
 A variant is levers joined by "+":
     fp32 | bf16        the student's step in float32, or under bf16 autocast (float32 weights and optimizer)
@@ -31,6 +33,7 @@ import copy
 import csv
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -145,7 +148,7 @@ class _Variant:
         self._packed = packed_training_linears(self.trainer.module, enabled=args.packed_linears)
         self._packed.__enter__()  # Trainer.run holds it for a stage; here steps are driven one by one
         self.flops_per_token = per_token
-        self.times, self.losses, self.step_memory = [], [], []
+        self.times, self.losses, self.step_memory, self.faults, self.sys_share = [], [], [], [], []
 
     def state_bytes(self) -> int:
         params = [p for p in self.student.parameters()]
@@ -159,14 +162,19 @@ class _Variant:
         device = self.trainer.acc.device
         before = _reset_peak(device)
         _sync(device)
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         rec = self.trainer.train_step()
         _sync(device)
         dt = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
         self.losses.append(rec["loss"])
         if timed:
             self.times.append(dt)
             self.step_memory.append(_peak(device) - before)
+            self.faults.append(r1.ru_minflt - r0.ru_minflt)
+            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            self.sys_share.append((r1.ru_stime - r0.ru_stime) / cpu if cpu > 0 else 0.0)
 
     def close(self) -> None:
         self._packed.__exit__(None, None, None)
@@ -182,7 +190,8 @@ class _Variant:
                 "mfu": self.flops_per_token * tps / peak, "gemm_dtype": str(dtype).removeprefix("torch."),
                 "flops_per_token": self.flops_per_token, "step_memory_GB": max(self.step_memory) / 1e9,
                 "state_GB": self.state_bytes() / 1e9, "loss_first": self.losses[0], "loss_last": self.losses[-1],
-                "losses": self.losses}
+                "page_faults_per_step": statistics.median(self.faults),
+                "kernel_cpu_share": statistics.median(self.sys_share), "losses": self.losses}
 
 
 def _reset_peak(device) -> int:
@@ -209,6 +218,19 @@ def _status(key: str) -> int:
                 if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     return 0
+
+
+def malloc_in_use() -> str:
+    """The C allocator this process runs on: "jemalloc" or "tcmalloc" where one is mapped (LD_PRELOAD),
+    else "glibc". Large CPU tensors come from it; glibc maps each one above its mmap threshold afresh, and the
+    page faults of touching those pages show in the step's kernel CPU time."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+        for name in ("jemalloc", "tcmalloc"):
+            if f"lib{name}" in maps:
+                return name
+    return "glibc"
 
 
 def _sync(device) -> None:
@@ -282,7 +304,7 @@ def run_train_bench(s: TrainBenchSettings) -> dict:
         teacher.eval().requires_grad_(False)
     rows = bench_rows(tok, student.config.vocab_size, s.batch, s.seq_len, s.batch * (s.warmup + s.steps),
                       s.seed)
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "allocator": malloc_in_use(),
            "gemm_peak_GFLOPs": {str(d).removeprefix("torch."): gemm_peak(d) / 1e9
                                 for d in (torch.float32, torch.bfloat16)}}
     together = fits_together(student, len(s.variants))
@@ -302,18 +324,22 @@ def train_table(result: dict) -> str:
     """Markdown: one line per variant, speed relative to the first."""
     rows = result["rows"]
     base = rows[0]["tokens_per_s"]
-    lines = ["| variant | tokens/s | vs first | MFU | GEMM dtype | step memory GB | state GB | loss first -> last |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | tokens/s | vs first | MFU | GEMM dtype | step memory GB | state GB | page faults / step "
+             "| kernel CPU | loss first -> last |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         loss = f"{r['loss_first']:.4f} -> {r['loss_last']:.4f}" if "loss_first" in r else ""
         mem = f"{r['step_memory_GB']:.2f}" if "step_memory_GB" in r else ""
         state = f"{r['state_GB']:.2f}" if "state_GB" in r else ""
+        faults = f"{r['page_faults_per_step'] / 1e3:.0f}k" if "page_faults_per_step" in r else ""
+        kernel = f"{100 * r['kernel_cpu_share']:.0f}%" if "kernel_cpu_share" in r else ""
         lines.append(f"| {r['variant']} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.2f}x | "
-                     f"{100 * r['mfu']:.1f}% | {r['gemm_dtype']} | {mem} | {state} | {loss} |")
+                     f"{100 * r['mfu']:.1f}% | {r['gemm_dtype']} | {mem} | {state} | {faults} | {kernel} | {loss} |")
     peaks = result["environment"]["gemm_peak_GFLOPs"]
     lines.append("")
     lines.append("GEMM peak measured here: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) +
-                 f" ({result['environment']['threads']} threads)")
+                 f" ({result['environment']['threads']} threads; C allocator: "
+                 f"{result['environment'].get('allocator', 'glibc')})")
     return "\n".join(lines)
 
 
@@ -322,7 +348,7 @@ def write_train_bench(result: dict, out: str) -> None:
     with open(os.path.join(out, "bench_train.json"), "w") as f:
         json.dump(result, f, indent=1)
     keys = ["variant", "stage", "tokens_per_s", "step_s", "mfu", "gemm_dtype", "step_memory_GB", "state_GB",
-            "loss_first", "loss_last"]
+            "page_faults_per_step", "kernel_cpu_share", "loss_first", "loss_last"]
     with open(os.path.join(out, "bench_train.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, keys, extrasaction="ignore")
         w.writeheader()
