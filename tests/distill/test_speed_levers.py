@@ -192,6 +192,23 @@ def test_bench_train_runs_every_variant_and_writes_its_results(tmp_path, stage):
     for name in ("bench_train.json", "bench_train.csv", "bench_train.md", "bench_train.png"):
         assert os.path.getsize(tmp_path / "out" / name) > 0
     assert "vs first" in train_table(result)
+    # each timed step's page faults and kernel share, read from getrusage around the step; the allocator named
+    assert all(r["page_faults_per_step"] >= 0 and 0.0 <= r["kernel_cpu_share"] <= 1.0 for r in trained)
+    assert result["environment"]["allocator"] in ("glibc", "tcmalloc", "jemalloc")
+    assert "page faults / step" in train_table(result) and "C allocator" in train_table(result)
+
+
+def test_malloc_in_use_reads_the_mapped_libraries(monkeypatch, tmp_path):
+    import builtins
+
+    from distill.evaluation.training import malloc_in_use
+    maps = tmp_path / "maps"
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(maps if f == "/proc/self/maps" else f, *a, **k))
+    maps.write_text("7f00 r-xp 00000000 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n")
+    assert malloc_in_use() == "tcmalloc"
+    maps.write_text("7f00 r-xp 00000000 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert malloc_in_use() == "glibc"
 
 
 def test_bench_train_names_a_bad_variant():
