@@ -46,8 +46,8 @@ inline void store_row(at::BFloat16* y, __m512 acc, __mmask16 mask, const float* 
 
 // One block of 16 columns times one tile of R rows. xt: the tile transposed, [K, R] (float32) or [K/2, R] pairs.
 template <int R>
-void tile_f32(const float* wb, const float* xt, int64_t K, float* y, int64_t ldy, int64_t rows, __mmask16 mask,
-              const float* bias) {
+void tile(const float* wb, const float* xt, int64_t K, float* y, int64_t ldy, int64_t rows, __mmask16 mask,
+          const float* bias) {
   __m512 acc[R];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
@@ -62,9 +62,9 @@ void tile_f32(const float* wb, const float* xt, int64_t K, float* y, int64_t ldy
 }
 
 #if defined(__AVX512BF16__)
-template <int R, typename out_t>
-void tile_bf16(const uint32_t* wb, const uint32_t* xt, int64_t K2, out_t* y, int64_t ldy, int64_t rows,
-               __mmask16 mask, const float* bias) {
+template <int R>
+void tile(const uint32_t* wb, const uint32_t* xt, int64_t K2, at::BFloat16* y, int64_t ldy, int64_t rows,
+          __mmask16 mask, const float* bias) {
   __m512 acc[R];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
@@ -78,7 +78,6 @@ void tile_bf16(const uint32_t* wb, const uint32_t* xt, int64_t K2, out_t* y, int
   for (int64_t r = 0; r < rows; ++r) store_row(y + r * ldy, acc[r], mask, bias);
 }
 #endif
-#endif
 
 // rows of a tile: 16 while 16 or more remain, else the smallest of 1, 2, 4, 8 that holds the rest
 inline int tile_rows(int64_t remaining) {
@@ -87,6 +86,35 @@ inline int tile_rows(int64_t remaining) {
   while (r < remaining) r *= 2;
   return r;
 }
+
+// Every block of 16 columns times every tile of rows, blocks split between threads. word_t: float (float32) or a
+// bf16 pair (bfloat16); KK: words per column (K, or K/2 pairs); xt holds the tiles at `starts`.
+template <typename word_t, typename out_t>
+void run_blocks(const word_t* wp, const std::vector<word_t>& xt, const std::vector<int64_t>& starts, int64_t KK,
+                int64_t M, int64_t N, int64_t NB, out_t* yp, const float* bp) {
+  const int64_t tiles = (M + 15) / 16;
+  at::parallel_for(0, NB, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t n0 = blk * kCols, nn = std::min<int64_t>(kCols, N - n0);
+      const __mmask16 mask = (__mmask16)((1u << nn) - 1);
+      const word_t* wb = wp + blk * KK * kCols;
+      const float* bb = bp ? bp + n0 : nullptr;
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t rows = std::min<int64_t>(16, M - 16 * t);
+        out_t* yt = yp + 16 * t * N + n0;
+        const word_t* xtile = xt.data() + starts[t];
+        switch (tile_rows(M - 16 * t)) {
+          case 16: tile<16>(wb, xtile, KK, yt, N, rows, mask, bb); break;
+          case 8: tile<8>(wb, xtile, KK, yt, N, rows, mask, bb); break;
+          case 4: tile<4>(wb, xtile, KK, yt, N, rows, mask, bb); break;
+          case 2: tile<2>(wb, xtile, KK, yt, N, rows, mask, bb); break;
+          default: tile<1>(wb, xtile, KK, yt, N, rows, mask, bb); break;
+        }
+      }
+    }
+  });
+}
+#endif
 
 }  // namespace
 
@@ -174,28 +202,7 @@ torch::Tensor skinny_linear_cpu(torch::Tensor x, torch::Tensor packed, c10::opti
       for (int64_t r = 0; r < std::min<int64_t>(16, M - 16 * t); ++r)
         for (int64_t k = 0; k < K; ++k) xt[starts[t] + k * R + r] = xs[(16 * t + r) * K + k];
     }
-    const float* wp = packed.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
-    at::parallel_for(0, NB, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        const int64_t n0 = blk * kCols, nn = std::min<int64_t>(kCols, N - n0);
-        const __mmask16 mask = (__mmask16)((1u << nn) - 1);
-        const float* wb = wp + blk * K * kCols;
-        const float* bb = bp ? bp + n0 : nullptr;
-        for (int64_t t = 0; t < tiles; ++t) {
-          const int64_t rows = std::min<int64_t>(16, M - 16 * t);
-          float* yt = yp + 16 * t * N + n0;
-          const float* xtile = xt.data() + starts[t];
-          switch (tile_rows(M - 16 * t)) {
-            case 16: tile_f32<16>(wb, xtile, K, yt, N, rows, mask, bb); break;
-            case 8: tile_f32<8>(wb, xtile, K, yt, N, rows, mask, bb); break;
-            case 4: tile_f32<4>(wb, xtile, K, yt, N, rows, mask, bb); break;
-            case 2: tile_f32<2>(wb, xtile, K, yt, N, rows, mask, bb); break;
-            default: tile_f32<1>(wb, xtile, K, yt, N, rows, mask, bb); break;
-          }
-        }
-      }
-    });
+    run_blocks(packed.data_ptr<float>(), xt, starts, K, M, N, NB, y.data_ptr<float>(), bp);
     return y.reshape(out_sizes);
   }
 #if defined(__AVX512BF16__)
@@ -209,28 +216,8 @@ torch::Tensor skinny_linear_cpu(torch::Tensor x, torch::Tensor packed, c10::opti
         word |= static_cast<uint32_t>(xs[(16 * t + r) * K + k]) << (16 * (k % 2));
       }
   }
-  const uint32_t* wp = reinterpret_cast<const uint32_t*>(packed.data_ptr<at::BFloat16>());
-  at::BFloat16* yp = y.data_ptr<at::BFloat16>();
-  at::parallel_for(0, NB, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t n0 = blk * kCols, nn = std::min<int64_t>(kCols, N - n0);
-      const __mmask16 mask = (__mmask16)((1u << nn) - 1);
-      const uint32_t* wb = wp + blk * KK * kCols;
-      const float* bb = bp ? bp + n0 : nullptr;
-      for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t rows = std::min<int64_t>(16, M - 16 * t);
-        at::BFloat16* yt = yp + 16 * t * N + n0;
-        const uint32_t* xtile = xt.data() + starts[t];
-        switch (tile_rows(M - 16 * t)) {
-          case 16: tile_bf16<16>(wb, xtile, KK, yt, N, rows, mask, bb); break;
-          case 8: tile_bf16<8>(wb, xtile, KK, yt, N, rows, mask, bb); break;
-          case 4: tile_bf16<4>(wb, xtile, KK, yt, N, rows, mask, bb); break;
-          case 2: tile_bf16<2>(wb, xtile, KK, yt, N, rows, mask, bb); break;
-          default: tile_bf16<1>(wb, xtile, KK, yt, N, rows, mask, bb); break;
-        }
-      }
-    }
-  });
+  run_blocks(reinterpret_cast<const uint32_t*>(packed.data_ptr<at::BFloat16>()), xt, starts, KK, M, N, NB,
+             y.data_ptr<at::BFloat16>(), bp);
   return y.reshape(out_sizes);
 #endif
 #endif
