@@ -8,7 +8,7 @@ What it does that `GenerationMixin.generate` spends time on otherwise:
 - prefill computes logits for the last position only;
 - one short Python loop per token: sample, append, check stops; no logits-processor or stopping-criteria objects;
 - on the CPU, linear layers run on weights packed for the length of the call (hybrid.prepack): for the csrc
-  few-rows kernel where it builds (decode steps; 1.4-1.6x oneDNN's packed kernel on a whole SmolLM2-135M step at
+  few-rows kernel where it builds (decode steps; 1.3-1.6x oneDNN's packed kernel on a whole SmolLM2-135M step at
   batch 16 on the AMD machine this was measured on), oneDNN for prefill; oneDNN alone elsewhere.
 
 Prompts of different lengths are left-padded (position ids count real tokens only; pads never touch a mixer's

@@ -19,7 +19,7 @@ Results equal `F.linear` up to float rounding (another summation order; tests/hy
 Those figures time one weight again and again, so it stays in the caches (`bench linear --warm`). In a model every
 weight comes from memory once per step, and there oneDNN's and MKL's products of 16 rows stream the weights at 4-9
 GB/s, a fifth of the ~40 GB/s the machine reads (a decode step of SmolLM2-135M at batch 16 spent 71 of its ~135 ms
-in them, torch.profiler). `hybrid-distill bench linear` (weights from memory, 16 rows, float32, one run on an
+in them: `python recipes/smollm2-135m/decode_profile.py --prepack onednn`). `hybrid-distill bench linear` (weights from memory, 16 rows, float32, one run on an
 AVX512-BF16 AMD EPYC, 2 threads):
 
     576 -> 576     F.linear   223 us   oneDNN   199 us   csrc   113 us (11.8 GB/s)
@@ -115,8 +115,9 @@ def _flag() -> str:
 
 
 def prepack_default(device: torch.device) -> bool:
-    """Whether generation prepacks by default: on the CPU, where oneDNN works, unless HYBRID_PREPACK=0."""
-    return _flag() != "0" and torch.device(device).type == "cpu" and op_works()
+    """Whether generation prepacks by default: on the CPU, where oneDNN or the csrc kernel works, unless
+    HYBRID_PREPACK=0."""
+    return _flag() != "0" and torch.device(device).type == "cpu" and (op_works() or _skinny() is not None)
 
 
 def packing_kind(dtype: torch.dtype, kind: str | None = None) -> str | None:
@@ -197,15 +198,13 @@ def prepacked_linears(model: nn.Module, enabled: bool | str | None = None):
     if enabled is None:
         enabled = prepack_default(p.device)
     kind = packing_kind(p.dtype, enabled if isinstance(enabled, str) else None) if enabled else None
-    if kind == "onednn" and not op_works():
-        kind = None
     mods = [m for m in model.modules() if _packable(m, kind)] if kind else []
     need, avail = sum(m.weight.numel() * m.weight.element_size() for m in mods), available_memory()
     large = kind == "csrc" and (avail is None or 2 * need <= avail // 2)  # csrc: a oneDNN copy for prefill too
     if mods and avail is not None and need > avail // 2:
         if "memory" not in _state:
             _state["memory"] = True
-            warnings.warn(f"not packing linear weights for oneDNN: the copies need {need / 2**30:.1f} GiB and "
+            warnings.warn(f"not packing linear weights ({kind}): the copies need {need / 2**30:.1f} GiB and "
                           f"{avail / 2**30:.1f} GiB is available; using F.linear", stacklevel=3)
         mods = []
     make = (lambda m: _SkinnyForward(m, large)) if kind == "csrc" else _PackedForward

@@ -18,7 +18,7 @@ from hybrid.ops.conv1d import causal_conv1d, causal_conv1d_update
 from hybrid.ops.selective_scan import selective_state_step
 from hybrid.ops.ssd import ssd_chunked, ssd_step
 from hybrid.ops.csrc import extension as csrc_extension
-from hybrid.prepack import dtype_supported, op_works, packed_linear
+from hybrid.prepack import dtype_supported, op_works, packed_linear, skinny_supported
 
 from .throughput import environment
 
@@ -161,7 +161,6 @@ def run_linears(rows: int = 16, reps: int = 40, dtype: str = "float32", cold_byt
     calls cycle through copies of the weight that together exceed `cold_bytes` (0: one weight, timed again and again
     from the caches, the optimistic figure). Median over `reps` passes after one warm-up pass; every path is checked
     against F.linear first. Returns one row per shape (also printed)."""
-    from hybrid.prepack import skinny_supported
     dt = getattr(torch, dtype)
     works, skinny = op_works() and dtype_supported(dt), skinny_supported(dt)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
@@ -176,7 +175,7 @@ def run_linears(rows: int = 16, reps: int = 40, dtype: str = "float32", cold_byt
         ws = [w0] + [w0 + 0 for _ in range(copies - 1)]
         x = torch.randn(rows, n_in, generator=g).to(dt)
         ref = F.linear(x.double(), w0.double())
-        paths = {"f_linear": ([w for w in ws], lambda w: F.linear(x, w))}
+        paths = {"f_linear": (ws, lambda w: F.linear(x, w))}
         if works:
             paths["packed"] = ([w.to_mkldnn() for w in ws], lambda p: packed_linear(x, p, None))
         if skinny:
