@@ -1,7 +1,7 @@
 """Where a long-reasoning model's tokens go wrong when it is fed the gold trace, and whether its decode engine agrees
 with its own full forward.
 
-1. Teacher-forced: each held-out `long` problem's prompt (as the engine sees it) followed by its gold trace, one
+1. Teacher-forced: each held-out `long` problem's prompt (as evaluation words and encodes it) followed by its gold trace, one
    full forward; the argmax at each trace token is scored by the token's role in its line "i. a op b = raw -> r":
    `operation` (op and operand, looked up in the prompt), `number` (the line number i and the carried a),
    `result` (raw and r, the arithmetic) and `other` (format). A model that has the lookup scores `operation` near 1.
@@ -21,8 +21,8 @@ import sys
 import torch
 
 from distill.data import prompt_ids
-from distill.evaluation.tasks import load_tasks
-from distill.loading import load_model
+from distill.evaluation.tasks import load_tasks, prompt_of
+from distill.loading import load_model, pad_and_eos
 from hybrid.generation import SamplingParams, generate
 
 LINE = re.compile(r"^(\d+)\. (\d+) ([+*-] \d+) = (-?\d+ -> \d+)$", re.M)
@@ -55,7 +55,7 @@ def teacher_forced(model, tok, problems) -> dict:
     hits = {r: 0 for r in ROLES}
     counts = {r: 0 for r in ROLES}
     for p in problems:
-        p_ids = prompt_ids(tok, p.problem)
+        p_ids = prompt_ids(tok, prompt_of(p))
         t_ids, roles = token_roles(tok, p.solution)
         ids = torch.tensor([p_ids + t_ids])
         pred = model(input_ids=ids).logits[0, len(p_ids) - 1:-1].argmax(-1).tolist()
@@ -67,9 +67,10 @@ def teacher_forced(model, tok, problems) -> dict:
 
 @torch.no_grad()
 def engine_vs_forward(model, tok, problems, max_new_tokens: int, eos_token_id=None) -> dict:
-    prompts = [prompt_ids(tok, p.problem) for p in problems]
-    out = generate(model, prompts, SamplingParams(max_new_tokens=max_new_tokens), eos_token_id=eos_token_id,
-                   tokenizer=tok, pad_token_id=tok.pad_token_id or 0)
+    prompts = [prompt_ids(tok, prompt_of(p)) for p in problems]
+    pad, eos = pad_and_eos(model, tok)
+    out = generate(model, prompts, SamplingParams(max_new_tokens=max_new_tokens),
+                   eos_token_id=eos if eos_token_id is None else eos_token_id, pad_token_id=pad)
     same = total = 0
     for prompt, seq in zip(prompts, out.sequences):
         ids = torch.tensor([prompt + seq])

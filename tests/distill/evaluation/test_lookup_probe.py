@@ -51,7 +51,7 @@ def test_teacher_forced_scores_the_next_token_at_every_role():
     targets = {}
     for p in problems:
         ids, roles = probe.token_roles(tok, p.solution)
-        targets[p.problem] = (len(probe.prompt_ids(tok, p.problem)), roles)
+        targets[p.problem] = (len(probe.prompt_ids(tok, probe.prompt_of(p))), roles)
 
     def miss(input_ids):
         out = torch.zeros_like(input_ids, dtype=torch.bool)
