@@ -14,8 +14,8 @@ reasoner=$run/sft-teacher/final
 R=recipes/smollm2-135m-long/distill.yaml
 # the attention layers the run's own selection keeps at 50 % (RUN/distill/select.json), so both branches convert
 # the same hybrid as the run's first stage without selecting again
-keep=$(python -c "import json, sys; s = json.load(open(sys.argv[1])); o = s['order']
-print(sorted(o[len(o) - round(0.5 * len(o)):]))" "$run/distill/select.json" | tr -d ' ')
+keep=$(python -c "import json, sys; from distill.conversion.select import kept_layers
+print(kept_layers(json.load(open(sys.argv[1]))['order'], 0.5))" "$run/distill/select.json" | tr -d ' ')
 common=(--config $R --profile demo --set teacher="$reasoner" --set "schedule=[0.5]" --set data.source="$run/distill/corpus.jsonl"
         --set data.format=prompt_completion --set select.strategy=explicit --set "select.params.layers=$keep" --resume)
 hybrid-distill distill "${common[@]}" --set kd.steps=100000 --set kd.max_seconds=$seconds --set kd.save_every=5 \

@@ -16,7 +16,6 @@ with its own full forward.
 import argparse
 import json
 import re
-import sys
 
 import torch
 
@@ -110,4 +109,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()

@@ -48,17 +48,13 @@ def test_teacher_forced_scores_the_next_token_at_every_role():
     assert all(perfect[r]["accuracy"] == 1.0 for r in probe.ROLES)
     assert perfect["operation"]["tokens"] > 0 and perfect["result"]["tokens"] > 0
     # wrong exactly where the target is an operation token: found through the roles the probe computes itself
-    targets = {}
-    for p in problems:
-        ids, roles = probe.token_roles(tok, p.solution)
-        targets[p.problem] = (len(probe.prompt_ids(tok, probe.prompt_of(p))), roles)
+    targets = [(probe.prompt_ids(tok, probe.prompt_of(p)), probe.token_roles(tok, p.solution)[1]) for p in problems]
 
     def miss(input_ids):
+        prompt, roles = next(t for t in targets if input_ids[0, :len(t[0])].tolist() == t[0])
         out = torch.zeros_like(input_ids, dtype=torch.bool)
-        for start, roles in targets.values():
-            if input_ids.shape[1] == start + len(roles):
-                for j, r in enumerate(roles):
-                    out[0, start + j - 1] = r == "operation"
+        for j, r in enumerate(roles):
+            out[0, len(prompt) + j - 1] = r == "operation"
         return out
 
     scored = probe.teacher_forced(_Oracle(len(tok), miss), tok, problems)
