@@ -49,12 +49,18 @@ class BenchRecipe:
     prompt_len: int = 128
     gen_len: int = 128
     context: list = field(default_factory=list)  # time per token at these context lengths
-    budgets: list = field(default_factory=lambda: [1, 3, 10, 30, 100])  # seconds
+    budgets: list = field(default_factory=lambda: [1, 3, 10, 30, 100])  # seconds, or "Nx": N x the teacher's s/sample
     batch_candidates: list = field(default_factory=lambda: [4, 16])
     max_samples: int = 64  # time budget: each model draws enough samples to fill the largest budget, at most this many
     bootstrap: int = 1000  # resamples of the problems for the time-budget intervals
     seed: int = 0
     profiles: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from .evaluation.budget import parse_budget
+        if not isinstance(self.budgets, list) or not self.budgets:
+            raise ValueError(f"bench budgets={self.budgets!r} must be a list of seconds or 'Nx'")
+        self.budgets = [parse_budget(T) for T in self.budgets]  # names the bad value
 
 
 PROTOCOLS = ("distill-first", "reasoner-first")

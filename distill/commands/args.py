@@ -35,6 +35,15 @@ def _bounded(kind, ok, what: str):
 positive = _bounded(int, lambda v: v >= 1, "must be >= 1")
 unit = _bounded(float, lambda v: 0 < v <= 1, "must lie in (0, 1]")  # a probability mass (top-p)
 seconds = _bounded(float, lambda v: 0 < v < float("inf"), "must be a positive number of seconds")
+def budget(text: str) -> float | str:
+    """An argparse type: a wall-clock budget, seconds or "Nx" (N times the reference's seconds per sample)."""
+    from ..evaluation.budget import parse_budget
+    try:
+        return parse_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 rate = _bounded(float, lambda v: 0 < v < float("inf"), "must be a positive number per second")
 
 _UNITS = {"": 1.0, "g": 1.0, "gb": 1.0, "gib": 1.0, "m": 2 ** -10, "mb": 2 ** -10, "mib": 2 ** -10,

@@ -79,6 +79,31 @@ def majority_by_k(answers: list[str | None], judge: Callable[[str], bool], same=
     return [0.0] + [float(w is not None and judge(answers[w])) for w in winners]
 
 
+def parse_budget(v) -> float | str:
+    """One budget as a recipe or the command line gives it: seconds (a positive number) or "Nx", N times the
+    reference model's seconds per sample measured in the same run (machine-independent: "4x" is the time in which
+    the reference draws 4 samples per problem). Returns the seconds as a float, or the normalised "Nx" string."""
+    text = str(v).strip().lower()
+    relative = text.endswith("x")
+    try:
+        value = float(text[:-1] if relative else text)
+    except ValueError:
+        raise ValueError(f"budget {v!r} is neither seconds (a positive number) nor 'Nx' (N times the reference's "
+                         f"seconds per sample)") from None
+    if not 0 < value < math.inf:
+        raise ValueError(f"budget {v!r} must be positive and finite")
+    return f"{value:g}x" if relative else value
+
+
+def resolve_budgets(budgets, reference_seconds_per_sample: float | None) -> list[float]:
+    """Budgets in seconds: "Nx" -> N x the reference's seconds per sample, seconds as they are (parse_budget)."""
+    parsed = [parse_budget(T) for T in budgets]
+    if any(isinstance(T, str) for T in parsed) and not (reference_seconds_per_sample or 0) > 0:
+        raise ValueError(f"relative budgets {budgets} need the reference's seconds per sample, got "
+                         f"{reference_seconds_per_sample}")
+    return [float(T[:-1]) * reference_seconds_per_sample if isinstance(T, str) else T for T in parsed]
+
+
 def fine_grid(budgets, points: int = 64) -> list[float]:
     """`points` log-spaced budgets from the smallest to the largest of `budgets`, with `budgets` themselves."""
     lo, hi = min(budgets), max(budgets)
@@ -334,6 +359,11 @@ def budget_markdown(result: dict, title: str = "") -> str:
     """time_budget.md: the verdict first, then a table per model (budget_table)."""
     lines = ["# Accuracy under a wall-clock budget" + (f": {title}" if title else ""), ""]
     lines += [line for v in result["verdict"].split("\n") for line in (v, "")]
+    if result.get("budget_unit"):
+        u = result["budget_unit"]
+        lines += [f"Budgets {', '.join(map(str, result['budgets_given']))}: multiples of {u['model']}'s "
+                  f"{u['seconds_per_sample']:.4g} s per sample in this run (= "
+                  f"{', '.join(_s(T) for T in result['budgets'])}).", ""]
     for m, meta in result.get("models", {}).items():
         note = f"{meta['seconds_per_sample']:.4g} s/sample at batch {meta['best_batch']} (over " \
                f"{len(meta['batch_times'])} interleaved batches), {meta['samples']} samples per problem"

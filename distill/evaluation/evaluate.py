@@ -410,15 +410,17 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
     import json
     import os
 
-    from .budget import AnswerJudge, analyse, budget_markdown, coverage_by_k, majority_by_k, plot_time_budget
+    from .budget import (AnswerJudge, analyse, budget_markdown, coverage_by_k, majority_by_k, parse_budget,
+                         plot_time_budget, resolve_budgets)
     if not specs:
         raise ValueError("run_time_budget needs at least one model spec")
     if not problems:
         raise ValueError("run_time_budget needs at least one problem")
     if not 1 <= samples <= max_samples:
         raise ValueError(f"need 1 <= samples <= max_samples, got samples={samples} max_samples={max_samples}")
-    if not budgets or not all(0 < T < math.inf for T in budgets):
-        raise ValueError(f"budgets must be positive seconds, got {budgets}")
+    if not budgets:
+        raise ValueError(f"budgets must be positive seconds or 'Nx', got {budgets}")
+    given = [parse_budget(T) for T in budgets]  # "Nx": N x the reference's seconds per sample, fixed after the draws
     if not batch_candidates or min(batch_candidates) < 1:
         raise ValueError(f"batch_candidates must be batch sizes >= 1, got {batch_candidates}")
     seed = sampling.pop("seed", 0)
@@ -426,7 +428,7 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
     os.makedirs(out, exist_ok=True)
     before = check_stats()["timeouts"]
     settings = {"specs": list(specs), "problems": [[p.id, p.answer] for p in problems], "samples": samples,
-                "max_samples": max_samples, "budgets": [float(T) for T in budgets],
+                "max_samples": max_samples, "budgets": given,
                 "batch_candidates": list(batch_candidates), "seed": seed, "sampling": sampling}
     journal = DrawJournal(out, settings, resume)
     samplers, best, k, meta = {}, {}, {}, {}
@@ -442,12 +444,15 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
             print(f"{label}: resumed, {len(journal.batches.get(label, {}))} batches on file")
             continue
         best[label] = best_batch_size(sampler, len(problems), batch_candidates, seed=seed, clock=clock)
-        wanted = math.ceil(max(budgets) / best[label]["seconds_per_sample_by_batch"][best[label]["best_batch"]])
+        ref_meta = best[label] if label == next(iter(samplers)) else best[next(iter(samplers))]
+        # relative budgets planned on the reference's best-batch measurement; the curves use its interleaved one
+        top = max(resolve_budgets(given, ref_meta["seconds_per_sample_by_batch"][ref_meta["best_batch"]]))
+        wanted = math.ceil(top / best[label]["seconds_per_sample_by_batch"][best[label]["best_batch"]] - 1e-9)
         k[label] = min(max(samples, wanted), max_samples)
         meta[label] = {**best[label], "samples_wanted": wanted, "samples": k[label], "capped": wanted > max_samples}
         journal.record_meta(label, meta[label])
         print(f"{label}: best batch {best[label]['best_batch']}, drawing {k[label]} samples per problem"
-              + (f" (capped: {wanted} would fill {max(budgets):g} s)" if wanted > max_samples else ""))
+              + (f" (capped: {wanted} would fill {top:g} s)" if wanted > max_samples else ""))
     tokens0 = {m: getattr(s, "tokens", None) for m, s in samplers.items()}
     try:
         comps, seconds, order = interleaved_draws(samplers, k, {m: b["best_batch"] for m, b in best.items()},
@@ -472,9 +477,13 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
             meta[m]["tokens"] = samplers[m].tokens - tokens0[m]
         print(f"{m}: {spp[m]:.4g} s/sample over {len(seconds[m])} interleaved batches, pass@1 "
               f"{meta[m]['pass@1']:.3f}")
+    ref = next(iter(samplers))
+    seconds_budgets = resolve_budgets(given, spp[ref])  # "Nx": the time in which the reference drew N samples
+    relative = {"budgets_given": given, "budget_unit": {"model": ref, "seconds_per_sample": spp[ref]}} \
+        if any(isinstance(T, str) for T in given) else {}
     result = {"tasks": tasks, "problems": len(problems), "samples": samples, "max_samples": max_samples,
-              "models": meta, "batch_order": order, "sittings": journal.sitting + 1,
-              **analyse(spp, tables, budgets, grid_points=grid_points, bootstrap=bootstrap, seed=seed),
+              "models": meta, "batch_order": order, "sittings": journal.sitting + 1, **relative,
+              **analyse(spp, tables, seconds_budgets, grid_points=grid_points, bootstrap=bootstrap, seed=seed),
               "check_timeouts": check_stats()["timeouts"] - before}
     with open(os.path.join(out, "time_budget.json"), "w") as f:
         json.dump(result, f, indent=1)

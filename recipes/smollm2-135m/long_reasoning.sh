@@ -5,7 +5,8 @@
 #   1. the pipeline (reasoner SFT -> conversion -> the same GRPO budget -> eval -> bench -> report);
 #   2. retention: pass@1 of each hybrid over the reasoner's, paired over problems, at traces of ~200, ~800 and
 #      ~1500 tokens (held-out problems; the hybrids straight from conversion against the reasoner they came from);
-#   3. the recall probe against distance (what replacing attention costs).
+#   3. the recall probe against distance (what replacing attention costs);
+#   4. the time budget at ~1500-token traces: the reasoner against both hybrids as converted (bench.yaml's settings).
 # Retention is measured as soon as the hybrids exist (`run --until distill`); the rest of the pipeline follows.
 # Every step is resumable: a rerun skips what is finished (an interrupted evaluation is redone).
 # Usage: long_reasoning.sh [OUT] [PROFILE]   (PROFILE: demo, about 2 h on a 2-core CPU; quick, minutes)
@@ -38,4 +39,18 @@ for t in $lengths; do
   done
 done
 python recipes/smollm2-135m/retention_table.py "$out" --lengths $lengths --distances $distances
+# 4. time budget on the bench recipe's held-out long problems: the reasoner against both hybrids, as converted,
+#    coverage and majority vote vs seconds (budgets: multiples of the reasoner's seconds per sample; resumable)
+read -r -a tb < <(python - "$R/bench.yaml" "$profile" <<'PY'
+import sys
+from distill.pipeline import BenchRecipe
+from distill.recipe import load_recipe
+b = load_recipe(sys.argv[1], cls=BenchRecipe, profile=sys.argv[2], overrides=[])
+print("--tasks", b.tasks, "--n", b.n, "--samples", b.samples, "--max-new-tokens", b.max_new_tokens, "--temperature",
+      b.temperature, "--top-p", b.top_p, "--max-samples", b.max_samples, "--budgets", *b.budgets,
+      "--batch-candidates", *b.batch_candidates)
+PY
+)
+[ -f "$out/time-budget/time_budget.json" ] || hybrid-distill eval time-budget --models "$reasoner" "$h50" "$h25" \
+  "${tb[@]}" --out "$out/time-budget" --resume
 hybrid-distill run $R --profile "$profile" --out "$out" --resume  # the same GRPO budget, eval, bench, report

@@ -268,6 +268,7 @@ def test_released_hybrid_without_mamba_config_is_named_as_an_incomplete_download
 @pytest.mark.parametrize("argv", [
     ["eval", "--n", "0"], ["eval", "--samples", "0"], ["generate", "--model", "m", "--prompt", "p", "--top-p", "2"],
     ["bench", "throughput", "--models", "m", "--batch", "0"], ["eval", "time-budget", "--budgets", "-1"],
+    ["eval", "time-budget", "--budgets", "2y"], ["eval", "time-budget", "--budgets", "0x"],
     ["generate", "--model", "m", "--prompt", "p", "--max-new-tokens", "x"],
 ])
 def test_out_of_range_flags_are_refused_before_any_work(argv, capsys):

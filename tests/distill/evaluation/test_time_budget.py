@@ -9,7 +9,7 @@ import random
 import pytest
 
 from distill.evaluation.budget import (AnswerJudge, analyse, coverage_by_k, crossing, fine_grid, majority_by_k,
-                                       samples_in)
+                                       parse_budget, resolve_budgets, samples_in)
 from distill.evaluation.evaluate import majority_answer, majority_by_prefix, pass_at_k, run_time_budget
 from distill.evaluation.tasks import Problem, check_stats
 
@@ -167,7 +167,7 @@ class FakeClock:
         return self.t
 
 
-def _fake_run(out, labels=("A", "B"), stop_after=None, **kw):
+def _fake_run(out, labels=("A", "B"), stop_after=None, budgets=(0.5, 2), max_samples=8, slow_first=False, **kw):
     """run_time_budget on 4 problems with fake models and a fake clock. The first takes 0.1 s per call + 0.05 s per
     sample (best batch 4, 0.075 s/sample, capped at 8 samples), the second 0.4 s + 0.5 s per sample (best batch 4,
     0.6 s/sample: ceil(2 / 0.6) = 4 samples). The first answers every problem right, the second only the first.
@@ -176,6 +176,8 @@ def _fake_run(out, labels=("A", "B"), stop_after=None, **kw):
     clock, calls = FakeClock(), []
     problems = [Problem(str(i), f"q{i}", str(i + 1)) for i in range(4)]
     cost = {labels[0]: (0.1, 0.05), labels[1]: (0.4, 0.5)}
+    if slow_first:  # the same two models, the slow one (who answers only the first problem) given first
+        cost = {labels[0]: (0.4, 0.5), labels[1]: (0.1, 0.05)}
 
     def loader(spec):
         def sample(indices, seed):
@@ -183,11 +185,12 @@ def _fake_run(out, labels=("A", "B"), stop_after=None, **kw):
                 raise KeyboardInterrupt
             calls.append((spec, list(indices), seed))
             clock.t += cost[spec][0] + cost[spec][1] * len(indices)
-            return [f"\\boxed{{{problems[i].answer if spec == labels[0] or i == 0 else 0}}}" for i in indices]
+            good = spec == labels[1 if slow_first else 0]  # the fast model answers every problem right
+            return [f"\\boxed{{{problems[i].answer if good or i == 0 else 0}}}" for i in indices]
         return spec, sample
 
-    r = run_time_budget(list(labels), problems, 2, [0.5, 2], [1, 2, 4], str(out), title="fake", max_samples=8,
-                        bootstrap=200, loader=loader, clock=clock, **kw)
+    r = run_time_budget(list(labels), problems, 2, list(budgets), [1, 2, 4], str(out), title="fake",
+                        max_samples=max_samples, bootstrap=200, loader=loader, clock=clock, **kw)
     return r, calls
 
 
@@ -249,6 +252,31 @@ def test_run_time_budget_resumes_an_interrupted_run_from_its_journal(tmp_path):
         run_time_budget(["A", "B"], [Problem(str(i), f"q{i}", str(i + 1)) for i in range(4)], 2, [0.5, 3],
                         [1, 2, 4], str(tmp_path / "cut"), max_samples=8, loader=lambda s: (s, None), seed=3,
                         resume=True)
+
+
+def test_relative_budgets_are_multiples_of_the_references_seconds_per_sample(tmp_path):
+    """Budgets "1x" and "4x" with the slow model (0.6 s/sample at its best batch) as the reference: it draws
+    ceil(4 x 0.6 / 0.6) = 4 samples per problem, the fast one (0.075 s/sample) ceil(2.4 / 0.075) = 32; the curves
+    are read at 1 and 4 times the reference's interleaved seconds per sample, where it has 1 and 4 samples."""
+    r, calls = _fake_run(tmp_path, labels=("B", "A"), budgets=("1x", "4X"), max_samples=40, slow_first=True, seed=1)
+    assert r["budgets_given"] == ["1x", "4x"]
+    assert r["budget_unit"]["model"] == "B" and r["budget_unit"]["seconds_per_sample"] == pytest.approx(0.6)
+    assert r["budgets"] == pytest.approx([0.6, 2.4])
+    assert (r["models"]["B"]["samples"], r["models"]["A"]["samples"]) == (4, 32)
+    assert not r["models"]["A"]["capped"]
+    assert [row["k"] for row in r["curves"]["B"]] == [1, 4] and [row["k"] for row in r["curves"]["A"]] == [8, 32]
+    assert r["curves"]["A"][1]["coverage"] == 1.0 and r["curves"]["B"][1]["coverage"] == 0.25
+    md = (tmp_path / "time_budget.md").read_text()
+    assert "Budgets 1x, 4x: multiples of B's 0.6 s per sample in this run (= 0.6 s, 2.4 s)." in md, md
+    settings = json.loads((tmp_path / "time_budget.draws.jsonl").read_text().splitlines()[0])["settings"]
+    assert settings["budgets"] == ["1x", "4x"]
+    for bad in ("fast", "-2x", "0", "x", "infx"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            parse_budget(bad)
+    assert parse_budget(" 2.50x") == "2.5x" and parse_budget(3) == 3.0
+    with pytest.raises(ValueError, match="need the reference's seconds per sample"):
+        resolve_budgets(["2x", 1], None)
+    assert resolve_budgets(["2x", 1], 1.5) == [3.0, 1.0]
 
 
 def test_report_states_the_verdict_first_and_the_intervals(tmp_path):
