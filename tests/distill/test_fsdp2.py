@@ -27,10 +27,16 @@ LR = 1e-2  # dist_kd_step's
 
 def two_processes(config: str, out, accum: int, *extra: str) -> subprocess.Popen:
     """dist_kd_step.py under `accelerate launch` with two processes and recipes/accelerate/<config>.yaml, float32;
-    `extra`: its further arguments (--run, --resume CHECKPOINT)."""
+    `extra`: its further arguments (--run, --resume CHECKPOINT). Each launch rendezvous on a port of its own, so
+    two launches may run at once."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     return subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch",
                              "--config_file", os.path.join(REPO, "recipes", "accelerate", f"{config}.yaml"),
                              "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             "--main_process_port", str(port),
                              os.path.join(HERE, "dist_kd_step.py"), str(out), str(accum), *extra],
                             cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -73,10 +79,27 @@ def test_fsdp2_shards_each_parameter_and_one_kd_step_equals_one_process(tmp_path
 
     assert one["max_update"] > 0.5 * LR  # the step moved the trained parameters
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    compare_first_adamw_step(tmp_path)
+
+
+def compare_first_adamw_step(tmp_path):
+    """The sharded step's parameters against the one-process step's. AdamW's first step moves each element by
+    lr * g / (|g| + eps): where |g| is within ~100 eps of zero, float32 rounding of the gradient (the sharded run
+    reduces it in another order, and the order differs between CPUs) shows up in the step. Elements the step moved by
+    at least 0.99 lr are compared to 1e-6; every element agrees to 1 % of lr and moves by at most lr."""
     ref, got = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    start = load_file(tmp_path / "one_start.safetensors")
     assert ref.keys() == got.keys()
+    compared = moved = 0
     for name in ref:
-        assert_close(got[name], ref[name], atol=1e-6, rtol=1e-5, what=name)
+        update = (ref[name] - start[name]).abs()
+        settled = update >= 0.99 * LR
+        assert_close(got[name][settled], ref[name][settled], atol=1e-6, rtol=1e-5, what=name)
+        assert bool(((got[name] - start[name]).abs() <= LR * 1.0001).all()), name
+        assert_close(got[name], ref[name], atol=1e-2 * LR, rtol=0, what=f"{name} (every element)")
+        compared, moved = compared + int(settled.sum()), moved + int((update > 0).sum())
+    # on the tiny model about two thirds of the moved elements settle; the tight comparison must cover most of them
+    assert compared >= 0.5 * moved, f"only {compared} of the {moved} elements the step moved were compared"
 
 
 @pytest.mark.slow
@@ -116,10 +139,12 @@ def test_fsdp2_checkpoint_resumes_exactly_and_reads_as_one_process_checkpoint(tm
              for run in ("two", "resumed", "one", "one_from_two", "two_from_one")}
     trained = [n for n in w2 if not torch.equal(final["two"][n], w2[n])]
     assert trained and max(float((final["two"][n] - w2[n]).abs().max()) for n in trained) > 0.1 * LR
-    for name in final["two"]:
+    for name in final["two"]:  # the same world size resumes exactly
         assert_close(final["resumed"][name], final["two"][name], atol=1e-6, rtol=1e-5, what=f"resumed {name}")
+        # across world sizes the gradient is reduced in another order: elements whose gradient is near AdamW's eps
+        # move by a rounding-sensitive amount (compare_first_adamw_step), so these agree to 1 % of lr
         for run in ("two", "one_from_two", "two_from_one"):
-            assert_close(final[run][name], final["one"][name], atol=1e-6, rtol=1e-5, what=f"{run} {name}")
+            assert_close(final[run][name], final["one"][name], atol=1e-2 * LR, rtol=0, what=f"{run} {name}")
 
 
 @pytest.mark.slow
@@ -132,16 +157,7 @@ def test_zero3_partitions_each_parameter_and_one_kd_step_equals_one_process(tmp_
 
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
-    ref, got = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
-    start = load_file(tmp_path / "one_start.safetensors")
-    # AdamW's first step moves each element by lr * g / (|g| + eps): where |g| is within ~100 eps of zero, float32
-    # rounding of the gradient (ZeRO-3 reduces it in another order; the norms above agree to 1e-5) shows up in the
-    # step. Elements the step moved by at least 0.99 lr are compared; the rest must still move by at most lr.
-    for name in ref:
-        update = (ref[name] - start[name]).abs()
-        settled = update >= 0.99 * LR
-        assert_close(got[name][settled], ref[name][settled], atol=1e-6, rtol=1e-5, what=name)
-        assert bool(((got[name] - start[name]).abs() <= LR * 1.0001).all()), name
+    compare_first_adamw_step(tmp_path)
 
 
 def test_zero3_checkpoints_are_refused_with_the_reason(tmp_path):
