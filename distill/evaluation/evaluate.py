@@ -403,7 +403,8 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
        intervals over problems (`bootstrap` resamples), paired differences to the reference, crossings, verdict.
     Every measurement and batch goes to out/time_budget.draws.jsonl as it is made (DrawJournal); with `resume` a
     rerun with the same settings continues from it instead of starting over.
-    Writes out/time_budget.{json,png,md}, prints the verdict, returns the JSON's content (`check_timeouts`: the
+    Writes out/time_budget.{json,png,md} and out/samples/<i>.json (model i's draws in eval.json's form, the reference
+    first, for `eval compare`), prints the verdict, returns the JSON's content (`check_timeouts`: the
     answer checks that ran past the time limit). sampling: max_new_tokens, temperature, top_p, seed.
     loader(spec) -> (label, sampler(indices, seed) -> completions) replaces loading models, clock the timer
     (tests)."""
@@ -477,6 +478,14 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
             meta[m]["tokens"] = samplers[m].tokens - tokens0[m]
         print(f"{m}: {spp[m]:.4g} s/sample over {len(seconds[m])} interleaved batches, pass@1 "
               f"{meta[m]['pass@1']:.3f}")
+    # every model's draws as an eval.json (problems + completions), so `eval compare` pairs them like evaluations
+    os.makedirs(os.path.join(out, "samples"), exist_ok=True)
+    for i, m in enumerate(samplers):
+        path = os.path.join(out, "samples", f"{i}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump({"model": m, "tasks": tasks, "samples": k[m], "source": "time-budget draws",
+                       "completions": comps[m], "problems": [p.to_dict() for p in problems]}, f)
+        os.replace(path + ".tmp", path)
     ref = next(iter(samplers))
     seconds_budgets = resolve_budgets(given, spp[ref])  # "Nx": the time in which the reference drew N samples
     relative = {"budgets_given": given, "budget_unit": {"model": ref, "seconds_per_sample": spp[ref]}} \

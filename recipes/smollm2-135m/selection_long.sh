@@ -9,9 +9,16 @@ set -euo pipefail
 run=${1:?usage: selection_long.sh RUN [OUT]}
 out=${2:-$run/selection}
 reasoner=$run/sft-teacher/final
+# leave-one-out scores each layer alone, whatever the ratio: where RUN's own conversion selected that way (its
+# select.json), its scores give the 25 % selection and are not computed again (20 min)
+loo=$(python -c "import json, sys; from distill.conversion.select import kept_layers
+d = json.load(open(sys.argv[1]))
+print(kept_layers(d['order'], 0.25) if d['strategy'] == 'leave-one-out' else '')" "$run/distill/select.json" | tr -d ' ')
 for s in uniform leave-one-out kl-guided; do
+  how=(--set select.strategy=$s)
+  if [ $s = leave-one-out ] && [ -n "$loo" ]; then how=(--set select.strategy=explicit --set "select.params.layers=$loo"); fi
   hybrid-distill distill --config recipes/smollm2-135m-long/distill.yaml --profile demo --set teacher="$reasoner" \
-    --set "schedule=[0.25]" --set select.strategy=$s --set data.source="$run/distill/corpus.jsonl" \
+    --set "schedule=[0.25]" "${how[@]}" --set data.source="$run/distill/corpus.jsonl" \
     --set data.format=prompt_completion --out "$out/$s" --resume
   for task in long:test:tokens=800:mod=10 recall:test:distance=256; do
     d=$out/eval/${task//[:=]/-}/$s

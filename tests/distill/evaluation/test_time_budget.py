@@ -10,7 +10,8 @@ import pytest
 
 from distill.evaluation.budget import (AnswerJudge, analyse, coverage_by_k, crossing, fine_grid, majority_by_k,
                                        parse_budget, resolve_budgets, samples_in)
-from distill.evaluation.evaluate import majority_answer, majority_by_prefix, pass_at_k, run_time_budget
+from distill.evaluation.evaluate import (majority_answer, majority_by_prefix, paired_compare, pass_at_k,
+                                        run_time_budget)
 from distill.evaluation.tasks import Problem, check_stats
 
 
@@ -221,6 +222,10 @@ def test_run_time_budget_interleaves_timed_batches_and_writes_the_verdict(tmp_pa
     assert md[2] == r["verdict"] and any(line.startswith("| 2 s | 8 (capped; 26 fit) | 1.000 [1.000, 1.000]")
                                          for line in md), md
     assert (tmp_path / "time_budget.png").stat().st_size > 0
+    # each model's draws in eval.json's form, which eval compare pairs over problems
+    pair = paired_compare(str(tmp_path / "samples" / "0.json"), str(tmp_path / "samples" / "1.json"))
+    assert (pair["problems"], pair["base_pass@1"], pair["other_pass@1"]) == (4, 1.0, 0.25)
+    assert json.loads((tmp_path / "samples" / "1.json").read_text())["samples"] == 4
     with pytest.raises(ValueError, match="samples <= max_samples"):
         run_time_budget(["A"], [Problem("0", "q", "1")], 9, [1], [1], str(tmp_path), max_samples=8)
 
