@@ -38,6 +38,9 @@ def add_parser(subparsers) -> None:
                         "measured in this run (1x 2x 4x 8x: the times in which it draws 1, 2, 4, 8 samples)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default="runs/eval")
+    e.add_argument("--partial", action="store_true",
+                   help="time-budget: analyse the interrupted run in --out from its journal (the problems every "
+                        "model finished), drawing nothing")
     out_flags(e, resume=True)
     e.set_defaults(func=main)
 
@@ -48,6 +51,13 @@ def main(args) -> int:
 
     if args.mode == "compare":
         return _compare(args)
+    if args.partial:
+        if args.mode != "time-budget":
+            raise ValueError("--partial analyses an interrupted time-budget run: use it with eval time-budget")
+        from ..evaluation.evaluate import partial_time_budget
+        partial_time_budget(args.out, args.tasks if args.tasks != "synthetic:test" else "", bootstrap=args.bootstrap)
+        print(f"-> {args.out}/time_budget.partial.json, .png, .md")
+        return 0
     if args.mode == "accuracy" and not args.model:
         raise ValueError("eval accuracy needs --model")
     if args.mode == "time-budget" and not args.models:

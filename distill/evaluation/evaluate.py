@@ -503,6 +503,75 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
     return result
 
 
+def partial_time_budget(out: str, title: str = "", *, bootstrap: int = 1000, grid_points: int = 64) -> dict:
+    """The time-budget analysis of an interrupted run, from its journal alone (no model is loaded, nothing drawn):
+    the curves over the problems every model has finished (all its samples drawn), seconds per sample over every
+    batch drawn so far. Problems are drawn in order, so the finished ones are the first ones. Writes
+    out/time_budget.partial.{json,md,png}; the result's `partial` says how many of the run's problems it covers."""
+    import json
+    import os
+
+    from .budget import (AnswerJudge, analyse, budget_markdown, coverage_by_k, majority_by_k, plot_time_budget,
+                         resolve_budgets)
+    path = os.path.join(out, DrawJournal.NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no time-budget journal at {path!r} (written by `hybrid-distill eval time-budget`)")
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # the line being written when the run stopped
+                break
+    settings = records[0]["settings"]
+    meta = {r["model"]: dict(r["meta"]) for r in records[1:] if "meta" in r}
+    models = [m for m in settings["specs"] if m in meta]
+    if not models or models[0] != settings["specs"][0]:
+        raise ValueError(f"{path}: the reference {settings['specs'][0]!r} has no measurement yet; nothing to analyse")
+    n_problems = len(settings["problems"])
+    comps = {m: [[] for _ in range(n_problems)] for m in models}
+    seconds = {m: [] for m in models}
+    for r in records[1:]:
+        if "meta" in r or r["model"] not in comps:
+            continue
+        for i, c in zip(r["indices"], r["completions"]):
+            comps[r["model"]][i].append(c)
+        seconds[r["model"]].append(r["seconds"])
+    done = [i for i in range(n_problems) if all(len(comps[m][i]) >= meta[m]["samples"] for m in models)]
+    if not done or not all(seconds[m] for m in models):
+        raise ValueError(f"{path}: no problem has all its samples from every model yet; nothing to analyse")
+    judge, golds = AnswerJudge(), [str(settings["problems"][i][1]) for i in done]
+    spp, tables = {}, {}
+    for m in models:
+        cs_done = [comps[m][i] for i in done]
+        correct = [[judge.correct(c, g) for c in cs] for cs, g in zip(cs_done, golds)]
+        answers = [[extract_answer(c) for c in cs] for cs in cs_done]
+        tables[m] = {"coverage": [coverage_by_k(r) for r in correct],
+                     "majority": [majority_by_k(a, lambda x, g=g: judge.answer_correct(x, g), judge.same)
+                                  for a, g in zip(answers, golds)]}
+        drawn = sum(len(cs) for cs in comps[m])
+        spp[m] = sum(seconds[m]) / drawn
+        meta[m].update({"batch_times": seconds[m], "seconds": sum(seconds[m]), "seconds_per_sample": spp[m],
+                        "pass@1": sum(map(sum, correct)) / sum(map(len, correct))})
+    given = settings["budgets"]
+    relative = {"budgets_given": given, "budget_unit": {"model": models[0], "seconds_per_sample": spp[models[0]]}} \
+        if any(isinstance(T, str) for T in given) else {}
+    result = {"tasks": title, "problems": len(done), "samples": settings["samples"], "models": meta,
+              "partial": {"problems_done": len(done), "problems": n_problems,
+                          "ids": [settings["problems"][i][0] for i in done]}, **relative,
+              **analyse(spp, tables, resolve_budgets(given, spp[models[0]]), grid_points=grid_points,
+                        bootstrap=bootstrap, seed=settings["seed"])}
+    with open(os.path.join(out, "time_budget.partial.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    head = f"{title}, " if title else ""
+    title = f"{head}partial: the first {len(done)} of {n_problems} problems (the run was interrupted)"
+    plot_time_budget(result, os.path.join(out, "time_budget.partial.png"), title=title)
+    with open(os.path.join(out, "time_budget.partial.md"), "w") as f:
+        f.write(budget_markdown(result, title))
+    print(result["verdict"])
+    return result
+
+
 def run_accuracy(spec: str, problems, samples: int, out: str, tasks: str = "", batch_size: int = 16,
                  **sampling) -> dict:
     """Sample `samples` completions per problem from model `spec`, score them (pass@1 with its standard error,

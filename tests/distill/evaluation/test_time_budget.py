@@ -10,8 +10,8 @@ import pytest
 
 from distill.evaluation.budget import (AnswerJudge, analyse, coverage_by_k, crossing, fine_grid, majority_by_k,
                                        parse_budget, resolve_budgets, samples_in)
-from distill.evaluation.evaluate import (majority_answer, majority_by_prefix, paired_compare, pass_at_k,
-                                        run_time_budget)
+from distill.evaluation.evaluate import (majority_answer, majority_by_prefix, paired_compare, partial_time_budget,
+                                        pass_at_k, run_time_budget)
 from distill.evaluation.tasks import Problem, check_stats
 
 
@@ -282,6 +282,25 @@ def test_relative_budgets_are_multiples_of_the_references_seconds_per_sample(tmp
     with pytest.raises(ValueError, match="need the reference's seconds per sample"):
         resolve_budgets(["2x", 1], None)
     assert resolve_budgets(["2x", 1], 1.5) == [3.0, 1.0]
+
+
+def test_partial_analysis_of_an_interrupted_run_covers_the_problems_every_model_finished(tmp_path):
+    """Interrupted after A0 B0 A1 B1 A2 (A draws problem 0 in batches 0-1, B problems 0 and 1 in batches 0-1), only
+    problem 0 is finished by both; seconds per sample come from every batch drawn."""
+    with pytest.raises(KeyboardInterrupt):
+        _fake_run(tmp_path, seed=3, stop_after=8 + 5)
+    r = partial_time_budget(str(tmp_path), "fake")
+    assert r["partial"] == {"problems_done": 1, "problems": 4, "ids": ["0"]} and r["problems"] == 1
+    assert r["models"]["A"]["seconds_per_sample"] == pytest.approx(0.075)
+    assert r["models"]["B"]["seconds_per_sample"] == pytest.approx(0.6)
+    assert [row["k"] for row in r["curves"]["A"]] == [6, 8] and [row["k"] for row in r["curves"]["B"]] == [0, 3]
+    assert r["curves"]["B"][1]["coverage"] == 1.0  # B answers problem 0 right
+    assert "partial: the first 1 of 4 problems" in (tmp_path / "time_budget.partial.md").read_text()
+    assert (tmp_path / "time_budget.partial.png").stat().st_size > 0
+    with pytest.raises(KeyboardInterrupt):
+        _fake_run(tmp_path / "early", seed=3, stop_after=8 + 1)  # A0 only: B has drawn nothing
+    with pytest.raises(ValueError, match="nothing to analyse"):
+        partial_time_budget(str(tmp_path / "early"))
 
 
 def test_report_states_the_verdict_first_and_the_intervals(tmp_path):
