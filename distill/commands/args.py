@@ -34,7 +34,9 @@ def _bounded(kind, ok, what: str):
 
 positive = _bounded(int, lambda v: v >= 1, "must be >= 1")
 unit = _bounded(float, lambda v: 0 < v <= 1, "must lie in (0, 1]")  # a probability mass (top-p)
-seconds = _bounded(float, lambda v: 0 < v < float("inf"), "must be a positive number of seconds")
+rate = _bounded(float, lambda v: 0 < v < float("inf"), "must be a positive number per second")
+
+
 def budget(text: str) -> float | str:
     """An argparse type: a wall-clock budget, seconds or "Nx" (N times the reference's seconds per sample)."""
     from ..evaluation.budget import parse_budget
@@ -43,8 +45,6 @@ def budget(text: str) -> float | str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
-
-rate = _bounded(float, lambda v: 0 < v < float("inf"), "must be a positive number per second")
 
 _UNITS = {"": 1.0, "g": 1.0, "gb": 1.0, "gib": 1.0, "m": 2 ** -10, "mb": 2 ** -10, "mib": 2 ** -10,
           "t": 2 ** 10, "tb": 2 ** 10, "tib": 2 ** 10}

@@ -331,14 +331,7 @@ class DrawJournal:
         self.batches: dict[str, dict[int, tuple[list[str], float]]] = {}
         self.sitting_of: dict[tuple[str, int], int] = {}
         self.sitting = 0
-        records = []
-        if resume and os.path.isfile(self.path):
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError:  # the line being written when the run stopped
-                        break
+        records = self.read(self.path) if resume and os.path.isfile(self.path) else []
         if records:
             stored = records[0].get("settings")
             if stored != settings:
@@ -357,6 +350,19 @@ class DrawJournal:
             self._f.write(json.dumps(r) + "\n")
         self._f.flush()
         os.replace(self.path + ".tmp", self.path)
+
+    @staticmethod
+    def read(path: str) -> list[dict]:
+        """The journal's records up to its last whole line (a torn last line is the one being written at a stop)."""
+        import json
+        records = []
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+        return records
 
     def _write(self, record: dict) -> None:
         import json
@@ -411,8 +417,7 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
     import json
     import os
 
-    from .budget import (AnswerJudge, analyse, budget_markdown, coverage_by_k, majority_by_k, parse_budget,
-                         plot_time_budget, resolve_budgets)
+    from .budget import AnswerJudge, analyse, budget_markdown, parse_budget, plot_time_budget, resolve_budgets
     if not specs:
         raise ValueError("run_time_budget needs at least one model spec")
     if not problems:
@@ -445,9 +450,9 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
             print(f"{label}: resumed, {len(journal.batches.get(label, {}))} batches on file")
             continue
         best[label] = best_batch_size(sampler, len(problems), batch_candidates, seed=seed, clock=clock)
-        ref_meta = best[label] if label == next(iter(samplers)) else best[next(iter(samplers))]
+        ref = best[next(iter(samplers))]  # the first model: measured before any other
         # relative budgets planned on the reference's best-batch measurement; the curves use its interleaved one
-        top = max(resolve_budgets(given, ref_meta["seconds_per_sample_by_batch"][ref_meta["best_batch"]]))
+        top = max(resolve_budgets(given, ref["seconds_per_sample_by_batch"][ref["best_batch"]]))
         wanted = math.ceil(top / best[label]["seconds_per_sample_by_batch"][best[label]["best_batch"]] - 1e-9)
         k[label] = min(max(samples, wanted), max_samples)
         meta[label] = {**best[label], "samples_wanted": wanted, "samples": k[label], "capped": wanted > max_samples}
@@ -464,11 +469,7 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
     judge, golds = AnswerJudge(), [p.answer for p in problems]
     spp, tables = {}, {}
     for m in samplers:
-        correct = [[judge.correct(c, g) for c in cs] for cs, g in zip(comps[m], golds)]
-        answers = [[extract_answer(c) for c in cs] for cs in comps[m]]
-        tables[m] = {"coverage": [coverage_by_k(r) for r in correct],
-                     "majority": [majority_by_k(a, lambda x, g=g: judge.answer_correct(x, g), judge.same)
-                                  for a, g in zip(answers, golds)]}
+        tables[m], correct = _budget_tables(judge, comps[m], golds)
         drawn = len(problems) * k[m]
         spp[m] = sum(seconds[m]) / drawn
         meta[m].update({"batch_times": seconds[m], "seconds": sum(seconds[m]), "seconds_per_sample": spp[m],
@@ -486,10 +487,7 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
             json.dump({"model": m, "tasks": tasks, "samples": k[m], "source": "time-budget draws",
                        "completions": comps[m], "problems": [p.to_dict() for p in problems]}, f)
         os.replace(path + ".tmp", path)
-    ref = next(iter(samplers))
-    seconds_budgets = resolve_budgets(given, spp[ref])  # "Nx": the time in which the reference drew N samples
-    relative = {"budgets_given": given, "budget_unit": {"model": ref, "seconds_per_sample": spp[ref]}} \
-        if any(isinstance(T, str) for T in given) else {}
+    seconds_budgets, relative = _seconds_budgets(given, next(iter(samplers)), spp)
     result = {"tasks": tasks, "problems": len(problems), "samples": samples, "max_samples": max_samples,
               "models": meta, "batch_order": order, "sittings": journal.sitting + 1, **relative,
               **analyse(spp, tables, seconds_budgets, grid_points=grid_points, bootstrap=bootstrap, seed=seed),
@@ -503,6 +501,26 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
     return result
 
 
+def _budget_tables(judge, comps: list[list[str]], golds: list[str]) -> tuple[dict, list[list[bool]]]:
+    """One model's coverage and majority tables (distill.evaluation.budget) over its completions per problem, and
+    the correctness of each completion."""
+    from .budget import coverage_by_k, majority_by_k
+    correct = [[judge.correct(c, g) for c in cs] for cs, g in zip(comps, golds)]
+    answers = [[extract_answer(c) for c in cs] for cs in comps]
+    return {"coverage": [coverage_by_k(r) for r in correct],
+            "majority": [majority_by_k(a, lambda x, g=g: judge.answer_correct(x, g), judge.same)
+                         for a, g in zip(answers, golds)]}, correct
+
+
+def _seconds_budgets(given: list, ref: str, spp: dict[str, float]) -> tuple[list[float], dict]:
+    """The budgets in seconds ("Nx": the time in which the reference drew N samples, by its interleaved seconds per
+    sample) and, where any was relative, the result fields that say how they were read."""
+    from .budget import resolve_budgets
+    relative = {"budgets_given": given, "budget_unit": {"model": ref, "seconds_per_sample": spp[ref]}} \
+        if any(isinstance(T, str) for T in given) else {}
+    return resolve_budgets(given, spp[ref]), relative
+
+
 def partial_time_budget(out: str, title: str = "", *, bootstrap: int = 1000, grid_points: int = 64) -> dict:
     """The time-budget analysis of an interrupted run, from its journal alone (no model is loaded, nothing drawn):
     the curves over the problems every model has finished (all its samples drawn), seconds per sample over every
@@ -511,18 +529,11 @@ def partial_time_budget(out: str, title: str = "", *, bootstrap: int = 1000, gri
     import json
     import os
 
-    from .budget import (AnswerJudge, analyse, budget_markdown, coverage_by_k, majority_by_k, plot_time_budget,
-                         resolve_budgets)
+    from .budget import AnswerJudge, analyse, budget_markdown, plot_time_budget
     path = os.path.join(out, DrawJournal.NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no time-budget journal at {path!r} (written by `hybrid-distill eval time-budget`)")
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # the line being written when the run stopped
-                break
+    records = DrawJournal.read(path)
     settings = records[0]["settings"]
     meta = {r["model"]: dict(r["meta"]) for r in records[1:] if "meta" in r}
     models = [m for m in settings["specs"] if m in meta]
@@ -543,24 +554,17 @@ def partial_time_budget(out: str, title: str = "", *, bootstrap: int = 1000, gri
     judge, golds = AnswerJudge(), [str(settings["problems"][i][1]) for i in done]
     spp, tables = {}, {}
     for m in models:
-        cs_done = [comps[m][i] for i in done]
-        correct = [[judge.correct(c, g) for c in cs] for cs, g in zip(cs_done, golds)]
-        answers = [[extract_answer(c) for c in cs] for cs in cs_done]
-        tables[m] = {"coverage": [coverage_by_k(r) for r in correct],
-                     "majority": [majority_by_k(a, lambda x, g=g: judge.answer_correct(x, g), judge.same)
-                                  for a, g in zip(answers, golds)]}
+        tables[m], correct = _budget_tables(judge, [comps[m][i] for i in done], golds)
         drawn = sum(len(cs) for cs in comps[m])
         spp[m] = sum(seconds[m]) / drawn
         meta[m].update({"batch_times": seconds[m], "seconds": sum(seconds[m]), "seconds_per_sample": spp[m],
                         "pass@1": sum(map(sum, correct)) / sum(map(len, correct))})
-    given = settings["budgets"]
-    relative = {"budgets_given": given, "budget_unit": {"model": models[0], "seconds_per_sample": spp[models[0]]}} \
-        if any(isinstance(T, str) for T in given) else {}
+    seconds_budgets, relative = _seconds_budgets(settings["budgets"], models[0], spp)
     result = {"tasks": title, "problems": len(done), "samples": settings["samples"], "models": meta,
               "partial": {"problems_done": len(done), "problems": n_problems,
                           "ids": [settings["problems"][i][0] for i in done]}, **relative,
-              **analyse(spp, tables, resolve_budgets(given, spp[models[0]]), grid_points=grid_points,
-                        bootstrap=bootstrap, seed=settings["seed"])}
+              **analyse(spp, tables, seconds_budgets, grid_points=grid_points, bootstrap=bootstrap,
+                        seed=settings["seed"])}
     with open(os.path.join(out, "time_budget.partial.json"), "w") as f:
         json.dump(result, f, indent=1)
     head = f"{title}, " if title else ""
