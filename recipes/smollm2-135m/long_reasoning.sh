@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The point of a hybrid, on the embedded teacher: a reasoner for long running computations (SmolLM2-135M-Instruct
-# fine-tuned on `long` traces of 100-800 tokens), converted into 50 % and 25 % Mamba2 hybrids on its own answers
+# fine-tuned on `long` traces of 100-1600 tokens), converted into 50 % and 25 % Mamba2 hybrids on its own answers
 # (reasoner-first, recipes/smollm2-135m-long), then measured, the hybrids straight from conversion against the
 # reasoner they came from, on held-out problems:
 #   1. the time budget at ~1500-token traces (bench.yaml's problems, samples and budgets): coverage and majority vote
