@@ -21,7 +21,7 @@ common=(--config $R --profile demo --set teacher="$reasoner" --set "schedule=[0.
 hybrid-distill distill "${common[@]}" --set kd.steps=100000 --set kd.max_seconds=$seconds --set kd.save_every=5 \
   --out "$out/offline-kd"
 hybrid-distill distill "${common[@]}" --set kd.steps=0 --set onpolicy.steps=100000 --set onpolicy.max_seconds=$seconds \
-  --set onpolicy.prompts=long:train:tokens=100..800:mod=10 --set onpolicy.n=512 --set onpolicy.max_new_tokens=1024 \
+  --set onpolicy.prompts=long:train:tokens=100..1600:mod=10 --set onpolicy.n=512 --set onpolicy.max_new_tokens=1900 \
   --set onpolicy.batch_size=4 --set onpolicy.lr=2.0e-4 --set onpolicy.save_every=5 --out "$out/onpolicy"
 for t in 200 800; do
   for m in offline-kd onpolicy; do
