@@ -146,3 +146,53 @@ def test_corpus_resumes_to_the_same_file(tmp_path):
     build_corpus(teacher, tok, prompts, str(part), **kw)
     assert part.read_text() == (tmp_path / "full.jsonl").read_text()
     assert len(part.read_text().splitlines()) == 10
+
+
+def test_corpus_batches_prompts_by_length_and_resumes_in_that_order(tmp_path, monkeypatch):
+    """Batches hold prompts of similar token length (a batch decodes until its longest answer), and an interrupted
+    run resumes to the file an uninterrupted one writes; a corpus begun in the prompts' own order is continued in
+    it, and one begun with other prompts is refused."""
+    import hybrid.generation as generation
+    from distill.conversion.corpus import build_corpus
+    teacher, tok = tiny_teacher("llama"), tiny_tokenizer()
+    prompts = [" ".join(["word"] * n) for n in (9, 1, 7, 3, 8, 2, 6, 4, 5, 10)]
+    kw = dict(max_new_tokens=4, batch_size=4, temperature=1.0, top_p=1.0, seed=3)
+    batches = []
+    real = generation.generate
+
+    def recording(model, ids, *a, **k):
+        batches.append([len(x) for x in ids])
+        return real(model, ids, *a, **k)
+    monkeypatch.setattr(generation, "generate", recording)
+    full = tmp_path / "full.jsonl"
+    build_corpus(teacher, tok, prompts, str(full), **kw)
+    flat = [n for b in batches for n in b]
+    assert flat == sorted(flat) and len(batches) == 3  # 4 + 4 + 2 rows, shortest prompts first
+    rows = [json.loads(line)["prompt"] for line in full.read_text().splitlines()]
+    assert sorted(rows) == sorted(prompts) and [len(p.split()) for p in rows] == list(range(1, 11))
+
+    calls = []
+
+    def interrupted(model, ids, *a, **k):  # the second batch is interrupted
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, ids, *a, **k)
+    monkeypatch.setattr(generation, "generate", interrupted)
+    part = tmp_path / "part.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        build_corpus(teacher, tok, prompts, str(part), **kw)
+    assert len(part.read_text().splitlines()) == 4
+    monkeypatch.setattr(generation, "generate", real)
+    build_corpus(teacher, tok, prompts, str(part), **kw)
+    assert part.read_text() == full.read_text()
+
+    # begun in the prompts' own order: continued in it (its first batch is the first four prompts)
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text("".join(json.dumps({"prompt": p, "completion": "x"}) + "\n" for p in prompts[:4]))
+    build_corpus(teacher, tok, prompts, str(legacy), **kw)
+    assert [json.loads(line)["prompt"] for line in legacy.read_text().splitlines()] == prompts
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"prompt": f"other {i}", "completion": "x"}) + "\n" for i in range(4)))
+    with pytest.raises(ValueError, match="row 0 holds a prompt"):
+        build_corpus(teacher, tok, prompts, str(other), **kw)
