@@ -7,17 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from ..data import model_inputs
-from .losses import IGNORE
+from .losses import IGNORE, next_token_targets
 
 CHUNK = 512  # token rows whose [rows x vocab] float32 log-probabilities exist at once
 
 
 def _targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[b, T] labels -> (flat indices of the logit rows that have a counted target, those targets): row t of a
-    sequence predicts labels[t + 1], as in losses.target_mask."""
-    y = torch.full_like(labels, IGNORE)
-    y[:, :-1] = labels[:, 1:]
-    y = y.reshape(-1)
+    sequence predicts labels[t + 1] (losses.next_token_targets)."""
+    y = next_token_targets(labels)
     rows = (y != IGNORE).nonzero().squeeze(-1)
     return rows, y[rows]
 

@@ -22,6 +22,14 @@ def target_mask(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != IGNORE
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """[b, T] labels -> [b * T] flat targets of the logit rows: row t of a sequence predicts labels[t + 1]; the last
+    row of each sequence predicts nothing (IGNORE)."""
+    y = torch.full_like(labels, IGNORE)
+    y[:, :-1] = labels[:, 1:]
+    return y.reshape(-1)
+
+
 def _kl_terms(student_logits, teacher_logits, temperature: float, reverse: bool):
     """Per-position KL(p || q) in nats, p = teacher (forward) or student (reverse), at temperature T, times T^2
     (Hinton et al. 2015: keeps gradient scale independent of T)."""
@@ -207,9 +215,7 @@ def _chunked(weights: dict, temperature: float, alpha: float, chunk: int):
 
     def loss(student_logits, teacher_logits, labels):
         b, T, V = student_logits.shape
-        y = torch.full_like(labels, IGNORE)
-        y[:, :-1] = labels[:, 1:]  # row t predicts labels[t + 1]; the last row of each sequence predicts nothing
-        y = y.reshape(-1)
+        y = next_token_targets(labels)
         w = (y != IGNORE).float()
         t = None if teacher_logits is None else teacher_logits.reshape(-1, V)
         sums = VocabLoss.apply(student_logits.reshape(-1, V), t, y, w, temperature, need, chunk)
