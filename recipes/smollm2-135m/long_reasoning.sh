@@ -13,7 +13,7 @@
 #   4. the rest of the pipeline: the same GRPO budget for both, eval, bench, report.
 # Every step is resumable: a rerun skips what is finished (an interrupted evaluation is redone, interrupted
 # time-budget draws continue).
-# Usage: long_reasoning.sh [OUT] [PROFILE]   (PROFILE: demo, 3-5 h on a 2-core CPU; quick, minutes)
+# Usage: long_reasoning.sh [OUT] [PROFILE]   (PROFILE: demo, 4-6 h on a 2-core CPU with traces up to 1600 tokens; quick, minutes)
 set -euo pipefail
 out=${1:-runs/long-demo}
 profile=${2:-demo}
