@@ -3,7 +3,8 @@ sample. No model here: distill.evaluation.evaluate samples and times (run_time_b
 
 A model that needs s seconds per sample draws k(T) = floor(T / s) samples per problem in T seconds:
   coverage(T) = pass@k(T), the unbiased estimator over all n samples drawn (Chen et al. 2021, eq. 1);
-  majority(T) = maj@k(T), whether the majority answer of the first k(T) samples is correct.
+  majority(T) = maj@k(T), whether the majority answer of k(T) samples is correct, averaged over orders of the n
+  samples drawn (majority_by_k): an estimate of the expected majority accuracy, as pass@k is of coverage.
 A budget that buys no sample scores 0. One that buys more than the n samples drawn uses all n and is marked
 `capped`: the curve is flat there because it was not measured, not because the model stopped improving.
 
@@ -18,6 +19,7 @@ and the largest of them (with the budgets themselves); crossings and the verdict
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -71,12 +73,32 @@ def coverage_by_k(correct: list[bool]) -> list[float]:
     return [0.0] + [pass_at_k(n, c, k) for k in range(1, n + 1)]
 
 
-def majority_by_k(answers: list[str | None], judge: Callable[[str], bool], same=None) -> list[float]:
-    """One problem's [0, maj@1, ..., maj@n]: whether the majority answer of its first k samples is correct, for every
-    k in one pass (evaluate.majority_by_prefix). judge(answer) says whether an answer is correct; same(a, b) groups
+MAJORITY_ORDERS = 1000  # orders of a problem's samples that maj@k averages over (all of them where fewer)
+
+
+def majority_by_k(answers: list[str | None], judge: Callable[[str], bool], same=None,
+                  orders: int = MAJORITY_ORDERS, seed: int = 0) -> list[float]:
+    """One problem's [0, maj@1, ..., maj@n]: maj@k is whether the majority answer of k of its samples is correct,
+    averaged over `orders` orders of the n samples drawn (each order's prefixes in one pass:
+    evaluate.majority_by_prefix), so it estimates the expected majority accuracy of k samples as coverage_by_k's
+    pass@k does, rather than the one draw of the first k samples. Where n! <= orders every order is taken (exact;
+    maj@1 is then the share of correct samples); else orders - 1 seeded random permutations beside the order drawn.
+    orders=1: the first k samples as drawn. judge(answer) says whether an answer is correct; same(a, b) groups
     answers (default: evaluate's equivalence). Only group representatives are judged."""
-    winners = majority_by_prefix(answers, same)
-    return [0.0] + [float(w is not None and judge(answers[w])) for w in winners]
+    if not isinstance(orders, int) or orders < 1:
+        raise ValueError(f"orders={orders!r} must be a positive integer")
+    n = len(answers)
+    if math.factorial(n) <= orders:
+        perms = list(itertools.permutations(range(n)))
+    else:
+        rng = np.random.default_rng(seed)
+        perms = [tuple(range(n))] + [tuple(rng.permutation(n)) for _ in range(orders - 1)]
+    total = np.zeros(n)
+    for perm in perms:
+        seq = [answers[i] for i in perm]
+        winners = majority_by_prefix(seq, same)
+        total += [float(w is not None and judge(seq[w])) for w in winners]
+    return [0.0] + (total / len(perms)).tolist()
 
 
 def parse_budget(v) -> float | str:

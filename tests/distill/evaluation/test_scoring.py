@@ -99,6 +99,10 @@ def test_time_budget_curves_on_a_synthetic_timing_table():
     assert fast[100]["capped"] and fast[100]["k_budget"] == 100
     assert fast[2]["coverage"] == pytest.approx((pass_at_k(4, 1, 2) + pass_at_k(4, 1, 2)) / 2)
     assert fast[5]["coverage"] == 1.0 and slow[5]["coverage"] == pytest.approx(pass_at_k(4, 1, 2) / 2)
-    assert fast[2]["majority"] == 0.0  # ["1", "5"] -> "1"; ["9", "9"] -> "9"
-    assert fast[5]["majority"] == 0.0  # ["1","5","1","2"] -> "1" wrong; ["9","9","4","4"]: tie -> first, "9", wrong
-    assert slow[5]["majority"] == 0.5  # ["5", "1"] tie -> "5" right; ["0", "0"] wrong
+    # majority: expected over every order of a problem's 4 samples (a tie goes to the answer seen first)
+    # k=2, ["1","5","1","2"] gold 5: right iff "5" comes first (1/4); ["9","9","4","4"] gold 4: iff a "4" first (1/2)
+    assert fast[2]["majority"] == pytest.approx((1 / 4 + 1 / 2) / 2)
+    # k=4: "1" holds two of four, always wrong; 2-2 tie of "9" and "4": right iff a "4" comes first (1/2)
+    assert fast[5]["majority"] == pytest.approx((0 + 1 / 2) / 2)
+    # k=2, ["5","1","1","1"] gold 5: right iff "5" comes first (1/4); ["0","0","0","0"] gold 4: never
+    assert slow[5]["majority"] == pytest.approx((1 / 4 + 0) / 2)

@@ -2,6 +2,7 @@
 paired differences, crossings, verdict) on synthetic timing tables, and the sampling side (distill.evaluation.evaluate
 .run_time_budget: best batch, interleaved timed batches) with fake samplers and a fake clock, then once with tiny
 random models end to end."""
+import itertools
 import json
 import math
 import random
@@ -33,6 +34,16 @@ def _always(solved: list[bool], n: int) -> list[list[bool]]:
     return [[s] * n for s in solved]
 
 
+def _expected_majority(n: int, c: int, k: int) -> float:
+    """maj@k of k samples taken at random from n of which c are right and the rest share one wrong answer: the right
+    answer has more than half of them, or half and came first (probability 1/2 by symmetry). Hypergeometric."""
+    total = 0.0
+    for j in range(max(0, k - (n - c)), min(c, k) + 1):
+        p = math.comb(c, j) * math.comb(n - c, k - j) / math.comb(n, k)
+        total += p * (1.0 if 2 * j > k else 0.5 if 2 * j == k else 0.0)
+    return total
+
+
 def test_k_of_budget_and_coverage_is_the_unbiased_pass_at_k():
     probs = [random.Random(p).random() for p in range(30)]
     correct = {"teacher": _draw(probs, 6, 1), "hybrid": _draw([p / 2 for p in probs], 16, 2)}
@@ -48,9 +59,9 @@ def test_k_of_budget_and_coverage_is_the_unbiased_pass_at_k():
             k = row["k"]
             want = 0.0 if k == 0 else sum(pass_at_k(n, sum(c), k) for c in correct[m]) / len(correct[m])
             assert row["coverage"] == pytest.approx(want)
-            want_maj = 0.0 if k == 0 else sum(sum(c[:k]) * 2 > k or (sum(c[:k]) * 2 == k and c[0])
-                                               for c in correct[m]) / len(correct[m])
-            assert row["majority"] == pytest.approx(want_maj)  # ties go to the answer seen first
+            want_maj = 0.0 if k == 0 else sum(_expected_majority(n, sum(c), k) for c in correct[m]) / len(correct[m])
+            # exact where every order of the n samples is taken (6! <= 1000), a sample of 1000 orders for n = 16
+            assert row["majority"] == pytest.approx(want_maj, abs=1e-9 if n == 6 else 0.02)
     assert [row["k"] for row in r["curves"]["teacher"]] == [0, 0, 1, 3, 6, 6]
     assert [row["k"] for row in r["curves"]["hybrid"]] == [0, 1, 3, 8, 16, 16]
     # the fine grid holds the budgets, and agrees with them there
@@ -157,7 +168,30 @@ def test_majority_by_prefix_is_majority_answer_of_every_prefix_and_checks_are_ca
     assert [judge.correct(f"so \\boxed{{{a}}}", "7") for a in ["7", "7", "8", "7", "8"]] == [1, 1, 0, 1, 0]
     assert judge.answer_correct("7", "7") and not judge.answer_correct("8", "7")
     assert check_stats()["checks"] - before == 2  # one per (answer, gold)
-    assert majority_by_k(["8", "7", "7", None], lambda a: judge.answer_correct(a, "7"), judge.same) == [0, 0, 0, 1, 1]
+    assert majority_by_k(["8", "7", "7", None], lambda a: judge.answer_correct(a, "7"), judge.same,
+                         orders=1) == [0, 0, 0, 1, 1]  # the first k as drawn
+
+
+def test_majority_by_k_is_the_expected_majority_over_orders_of_the_samples():
+    """Against brute force: every order of the samples, the majority answer of each prefix (majority_answer)."""
+    rng = random.Random(1)
+    for _ in range(20):
+        answers = [rng.choice(["1", "2", "3", None]) for _ in range(rng.randint(1, 6))]
+        n = len(answers)
+        want = [0.0] + [sum(majority_answer([answers[i] for i in p[:k]]) == "1"
+                            for p in itertools.permutations(range(n))) / math.factorial(n) for k in range(1, n + 1)]
+        got = majority_by_k(answers, lambda a: a == "1", lambda a, b: a == b)
+        assert got == pytest.approx(want, abs=1e-12), (answers, got, want)
+        assert got[1] == pytest.approx(answers.count("1") / n)  # maj@1 is the share of correct samples
+    # more samples than orders: a seeded sample of orders, close to the expectation and reproducible
+    answers = ["1", "2", "1", "3", "2", None, "1"]  # 7! orders > 200
+    exact = majority_by_k(answers, lambda a: a == "1", lambda a, b: a == b, orders=math.factorial(7))
+    approx = majority_by_k(answers, lambda a: a == "1", lambda a, b: a == b, orders=200)
+    assert approx == majority_by_k(answers, lambda a: a == "1", lambda a, b: a == b, orders=200)
+    assert approx[1] == pytest.approx(exact[1], abs=0.1) and max(abs(a - b) for a, b in zip(approx, exact)) < 0.12
+    assert approx != exact  # sampled, not enumerated
+    with pytest.raises(ValueError, match="orders=0"):
+        majority_by_k(answers, lambda a: a == "1", orders=0)
 
 
 class FakeClock:
