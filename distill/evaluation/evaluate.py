@@ -408,7 +408,8 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
     3. distill.evaluation.budget: coverage and majority vs seconds at the budgets and on a fine grid, bootstrap
        intervals over problems (`bootstrap` resamples), paired differences to the reference, crossings, verdict.
     Every measurement and batch goes to out/time_budget.draws.jsonl as it is made (DrawJournal); with `resume` a
-    rerun with the same settings continues from it instead of starting over.
+    rerun with the same settings continues from it instead of starting over (on a finished journal it draws nothing
+    and only re-analyses).
     Writes out/time_budget.{json,png,md} and out/samples/<i>.json (model i's draws in eval.json's form, the reference
     first, for `eval compare`), prints the verdict, returns the JSON's content (`check_timeouts`: the
     answer checks that ran past the time limit). sampling: max_new_tokens, temperature, top_p, seed.
@@ -443,12 +444,16 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
         if label in samplers:
             raise ValueError(f"model {label!r} given twice in {specs}")
         samplers[label] = sampler
-        sampler([0], seed)  # warm-up, untimed: lazy initialisation is no batch size's cost
         if label in journal.meta:
             meta[label] = journal.meta[label]
             k[label], best[label] = meta[label]["samples"], meta[label]
-            print(f"{label}: resumed, {len(journal.batches.get(label, {}))} batches on file")
+            on_file = len(journal.batches.get(label, {}))
+            left = math.ceil(len(problems) * k[label] / meta[label]["best_batch"]) - on_file
+            print(f"{label}: resumed, {on_file} batches on file, {left} to draw")
+            if left > 0:  # a model whose draws are all on file is not run at all (a finished run re-analysed)
+                sampler([0], seed)  # warm-up, untimed
             continue
+        sampler([0], seed)  # warm-up, untimed: lazy initialisation is no batch size's cost
         best[label] = best_batch_size(sampler, len(problems), batch_candidates, seed=seed, clock=clock)
         ref = best[next(iter(samplers))]  # the first model: measured before any other
         # relative budgets planned on the reference's best-batch measurement; the curves use its interleaved one
@@ -489,7 +494,8 @@ def run_time_budget(specs, problems, samples: int, budgets, batch_candidates, ou
         os.replace(path + ".tmp", path)
     seconds_budgets, relative = _seconds_budgets(given, next(iter(samplers)), spp)
     result = {"tasks": tasks, "problems": len(problems), "samples": samples, "max_samples": max_samples,
-              "models": meta, "batch_order": order, "sittings": journal.sitting + 1, **relative,
+              "models": meta, "batch_order": order,
+              "sittings": 1 + max(journal.sitting_of.values(), default=journal.sitting), **relative,
               **analyse(spp, tables, seconds_budgets, grid_points=grid_points, bootstrap=bootstrap, seed=seed),
               "check_timeouts": check_stats()["timeouts"] - before}
     with open(os.path.join(out, "time_budget.json"), "w") as f:

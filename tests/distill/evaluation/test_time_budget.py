@@ -293,6 +293,20 @@ def test_run_time_budget_resumes_an_interrupted_run_from_its_journal(tmp_path):
                         resume=True)
 
 
+def test_resuming_a_finished_run_draws_nothing_and_reanalyses_its_journal(tmp_path):
+    """--resume on a finished journal (to re-analyse it) runs no model: no warm-up, no measurement, no batch; the
+    result equals the run's own."""
+    whole, _ = _fake_run(tmp_path, seed=3)
+    again, calls = _fake_run(tmp_path, seed=3, resume=True)
+    assert calls == []
+    assert again["curves"] == whole["curves"] and again["verdict"] == whole["verdict"]
+    for m in ("A", "B"):
+        assert again["models"][m]["batch_times"] == pytest.approx(whole["models"][m]["batch_times"])
+    assert again["sittings"] == 1  # a sitting that drew nothing is none of the draws' sittings
+    assert set(again["models"]["A"]["batch_sittings"] + again["models"]["B"]["batch_sittings"]) == {0}
+    assert "resumed" not in (tmp_path / "time_budget.md").read_text()
+
+
 def test_relative_budgets_are_multiples_of_the_references_seconds_per_sample(tmp_path):
     """Budgets "1x" and "4x" with the slow model (0.6 s/sample at its best batch) as the reference: it draws
     ceil(4 x 0.6 / 0.6) = 4 samples per problem, the fast one (0.075 s/sample) ceil(2.4 / 0.075) = 32; the curves
