@@ -6,9 +6,9 @@ of `hybrid-distill run`, and whether each stage fits a GPU.
 Every model is built on the meta device from the recipe folder's teacher_config.json: nothing is allocated and
 nothing is downloaded. The hybrid of each schedule step keeps the attention layers the recipe's selection keeps;
 strategies that rank layers with the teacher's weights (leave-one-out, kl-guided) are planned as uniform (the same
-counts, possibly other layers). Stages, as distill.pipeline runs them: per schedule step align and kd; then SFT
-and GRPO of the teacher (the baseline) and of the final hybrid, where the folder has sft.yaml / rl.yaml. The
-onpolicy phase is not planned yet (a note says so where a recipe runs it).
+counts, possibly other layers). Stages, as distill.pipeline runs them: per schedule step align, kd and onpolicy
+(where it has steps); then SFT and GRPO of the teacher (the baseline) and of the final hybrid, where the folder has
+sft.yaml / rl.yaml.
 
 Batch: `batch_size` is rows per micro-batch per process in the distill trainer (distill/train.py: RowLoader splits
 rows by rank) and in TRL (per_device_train_batch_size; GRPO: completions), so one optimizer step sees
@@ -81,11 +81,14 @@ H100_BF16_FLOPS = 989e12  # dense bf16 peak of an H100 SXM
 ASSUMED_MFU = 0.40
 RESERVE_GB = 2.0
 RL_PROMPT_TOKENS = 256  # GRPO rows are prompt + completion; TRL does not truncate prompts, ours are short
+ONPOLICY_PROMPT_TOKENS = 256  # on-policy rows likewise (long-reasoning prompts hold ~100-300 tokens)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 WEIGHT_FREE_SELECTIONS = ("uniform", "explicit")
 CHECKPOINTING_HOW = {
     "kd": "activation checkpointing (fsdp2: fsdp_activation_checkpointing: true in the accelerate config; the "
           "distill trainer has no switch of its own)",
+    "onpolicy": "activation checkpointing (fsdp2: fsdp_activation_checkpointing: true in the accelerate config; "
+                "the distill trainer has no switch of its own)",
     "sft": "activation checkpointing (sft.yaml extra: {gradient_checkpointing: true})",
     "rl": "activation checkpointing (rl.yaml extra: {gradient_checkpointing: true})",
 }
@@ -94,8 +97,8 @@ CHECKPOINTING_HOW = {
 @dataclass
 class Stage:
     """One training stage as the recipe asks for it, whatever GPUs it runs on. Sizes in parameters or bytes."""
-    name: str  # stage0-align, stage0-kd, sft-teacher, sft-hybrid, rl-teacher, rl-hybrid
-    kind: str  # align | kd | sft | rl
+    name: str  # stage0-align, stage0-kd, stage0-onpolicy, sft-teacher, sft-hybrid, rl-teacher, rl-hybrid
+    kind: str  # align | kd | onpolicy | sft | rl
     model: str  # what the stage trains, in words
     params: int  # of the trained model
     trainable: int
@@ -260,10 +263,14 @@ def distill_stages(recipe, config, teacher, notes: list) -> tuple[list[Stage], o
             a = _compute_bytes(recipe.kd.mixed_precision, w)
             stages.append(_kd_stage(recipe, k, student, n_teacher, w, a, T,
                                     train_flops(student, T) + forward_flops(teacher, T)))
+        if recipe.onpolicy.steps:
+            set_trainable(student, recipe.onpolicy.train)
+            a = _compute_bytes(recipe.onpolicy.mixed_precision, w)
+            stages.append(_onpolicy_stage(recipe, k, student, teacher, w, a))
         prev = kept
     if recipe.onpolicy.steps:
-        notes.append("the onpolicy phase of every schedule step (distill.conversion.onpolicy) is not planned: its "
-                     "memory, tokens and hours are missing from this table")
+        notes.append(f"onpolicy rows: {ONPOLICY_PROMPT_TOKENS} prompt tokens (assumed) + onpolicy.max_new_tokens, "
+                     "every sample at full length (an upper bound)")
     return stages, student
 
 
@@ -287,10 +294,11 @@ def _align_stage(recipe, k: int, student, teacher, new: list[int], w: int, T: in
         flops_per_token=forward_flops(teacher, T) + 6 * sum(matmul_weights(m) for m in mixers))
 
 
-def _kd_stage(recipe, k: int, student, n_teacher: int, w: int, a: int, T: int, flops: float) -> Stage:
+def _kd_stage(recipe, k: int, student, n_teacher: int, w: int, a: int, T: int, flops: float, s=None) -> Stage:
     """The student (prepared, its frozen part included) learns the frozen teacher's logits; kd.teacher_dtype
-    adds a copy of the teacher in that dtype (kd.FrozenTeacher) where it differs from the recipe's."""
-    s, cfg, V = recipe.kd, student.config, student.config.vocab_size
+    adds a copy of the teacher in that dtype (kd.FrozenTeacher) where it differs from the recipe's. s: the phase's
+    settings (default recipe.kd; the onpolicy phase trains the same way)."""
+    s, cfg, V = s or recipe.kd, student.config, student.config.vocab_size
     t_bytes = _bytes(s.teacher_dtype, "kd.teacher_dtype") if s.teacher_dtype else a
     outside = n_teacher * w + (n_teacher * t_bytes if s.teacher_dtype and t_bytes != w else 0)
     logits = (2 * a + t_bytes) * V + (0 if s.loss_chunk else 16 * V)
@@ -304,6 +312,21 @@ def _kd_stage(recipe, k: int, student, n_teacher: int, w: int, a: int, T: int, f
         act_row=T * (activation_bytes_per_token(cfg, a, False) + logits),
         act_row_ckpt=T * (activation_bytes_per_token(cfg, a, True) + logits), act_fixed=fixed,
         flops_per_token=flops)
+
+
+def _onpolicy_stage(recipe, k: int, student, teacher, w: int, a: int) -> Stage:
+    """On-policy distillation (distill.conversion.onpolicy): per micro-batch the student samples batch_size
+    completions with the decode engine (its cache: rollout_bytes, freed before the update), then learns the frozen
+    teacher's distribution on prompt + sample as kd does (the same weights, logits and loss-chunk buffers). Rows:
+    ONPOLICY_PROMPT_TOKENS + max_new_tokens, every sample at full length."""
+    from .flops import forward_flops, train_flops
+    s, cfg, n_teacher = recipe.onpolicy, student.config, count(teacher)
+    T = ONPOLICY_PROMPT_TOKENS + s.max_new_tokens
+    flops = train_flops(student, T) + forward_flops(teacher, T) + forward_flops(student, T)  # update + sampling
+    stage = _kd_stage(recipe, k, student, n_teacher, w, a, T, flops, s)
+    return dataclasses.replace(stage, name=f"stage{k}-onpolicy", kind="onpolicy",
+                               model=_trains(student, f"hybrid, onpolicy.train={s.train}"),
+                               rollout_bytes=s.batch_size * rollout_bytes_per_row(cfg, a, T))
 
 
 def sft_stage(sft, model, who: str, w: int, n_teacher: int) -> Stage:

@@ -4,7 +4,9 @@
 # convert the reasoner into the same 50 % Mamba2 hybrid (same transfer and align, same seed), then train for the
 # same SECONDS of optimizer steps: offline KD on the reasoner's answers, or on-policy distillation on the hybrid's
 # own samples of the task's prompts (sampling counted in its time). Then held-out pass@1 at ~200 and ~800-token
-# traces, paired against the reasoner, and the held-out KL of each branch.
+# traces, paired against the reasoner, and the held-out KL of each branch. Both train on 2 rows a step: the
+# on-policy rows are prompt + up to 1900 sampled tokens, as long as offline KD's 2560-token rows (about 17 GB of
+# the 24 GB machine in training); 4 such rows a step ran out of memory.
 # Usage: kd_vs_onpolicy.sh RUN [OUT] [SECONDS]   (default OUT=RUN/kd-vs-onpolicy, SECONDS=900: about an hour in all)
 set -euo pipefail
 run=${1:?usage: kd_vs_onpolicy.sh RUN [OUT] [SECONDS]}
@@ -22,7 +24,7 @@ hybrid-distill distill "${common[@]}" --set kd.steps=100000 --set kd.max_seconds
   --out "$out/offline-kd"
 hybrid-distill distill "${common[@]}" --set kd.steps=0 --set onpolicy.steps=100000 --set onpolicy.max_seconds=$seconds \
   --set onpolicy.prompts=long:train:tokens=100..1600:mod=10 --set onpolicy.n=512 --set onpolicy.max_new_tokens=1900 \
-  --set onpolicy.batch_size=4 --set onpolicy.lr=2.0e-4 --set onpolicy.save_every=5 --out "$out/onpolicy"
+  --set onpolicy.batch_size=2 --set onpolicy.lr=2.0e-4 --set onpolicy.save_every=5 --out "$out/onpolicy"
 for t in 200 800; do
   for m in offline-kd onpolicy; do
     d=$out/eval-$t/$m

@@ -201,3 +201,36 @@ def test_cli_bad_gpu_memory_exits_2_naming_the_value(value, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--gpu-memory" in err and repr(value) in err and len(err.strip().splitlines()[-1]) < 200
+
+
+def test_the_onpolicy_phase_is_planned_after_each_kd_like_kd_on_its_rows():
+    """An onpolicy phase with kd's settings on rows as long as kd's (256 assumed prompt tokens + max_new_tokens =
+    data.seq_len) keeps what kd keeps per row; its sampling cache (batch_size rows of the student's KV cache and
+    mixer states) is the other candidate for the peak; one such stage follows every schedule step's kd."""
+    folder = os.path.join(ROOT, "recipes", "smollm2-135m-long")
+    base, _ = stages_of(folder)
+    d = base.distill
+    T = d.data.seq_len
+    pipe, stages = stages_of(folder, (
+        "distill.onpolicy.steps=7", f"distill.onpolicy.batch_size={d.kd.batch_size}",
+        f"distill.onpolicy.grad_accum={d.kd.grad_accum}", f"distill.onpolicy.train={d.kd.train}",
+        f"distill.onpolicy.max_new_tokens={T - P.ONPOLICY_PROMPT_TOKENS}"))
+    names = [s.name for s in stages]
+    for k in range(len(d.schedule)):
+        assert names.index(f"stage{k}-onpolicy") == names.index(f"stage{k}-kd") + 1
+        kd, op = stages[names.index(f"stage{k}-kd")], stages[names.index(f"stage{k}-onpolicy")]
+        assert (op.kind, op.rows, op.row_tokens, op.steps) == ("onpolicy", d.kd.batch_size, T, 7)
+        for field in ("params", "trainable", "engine_frozen", "outside_bytes", "act_row", "act_row_ckpt",
+                      "act_fixed"):
+            assert getattr(op, field) == getattr(kd, field), field
+        assert op.rollout_bytes > 0 and kd.rollout_bytes == 0
+        assert op.flops_per_token > kd.flops_per_token  # the samples' forward on top
+        assert P.tokens(op, 2) == 7 * d.kd.batch_size * d.kd.grad_accum * 2 * T
+        mem = P.memory(op, "ddp", 1)
+        assert mem["activations"] == max(op.rows * op.act_row + op.act_fixed, op.rollout_bytes)
+    _, twice = stages_of(folder, ("distill.onpolicy.steps=7", f"distill.onpolicy.batch_size={2 * d.kd.batch_size}",
+                                  f"distill.onpolicy.max_new_tokens={T - P.ONPOLICY_PROMPT_TOKENS}"))
+    ops = [s for s in stages if s.kind == "onpolicy"], [s for s in twice if s.kind == "onpolicy"]
+    assert [2 * s.rollout_bytes for s in ops[0]] == pytest.approx([s.rollout_bytes for s in ops[1]])
+    _, notes = P.recipe_stages(pipe, P.teacher_config(folder))
+    assert any(n.startswith(f"onpolicy rows: {P.ONPOLICY_PROMPT_TOKENS} prompt tokens (assumed)") for n in notes)
