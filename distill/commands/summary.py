@@ -25,7 +25,8 @@ def main(args) -> int:
             raise ValueError(f"{run} has no summary.json (is it a finished distill run?)")
         with open(path) as f:
             summaries.append(json.load(f))
-    table = summary_table(*summaries)
+    names = [os.path.basename(os.path.normpath(run)) for run in args.runs]
+    table = summary_table(*summaries, names=names if len(summaries) > 1 else None)
     print(table)
     if args.out:
         check_out(args.out, args.runs, overwrite=True)  # a table is cheap to remake: only inputs are protected

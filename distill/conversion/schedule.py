@@ -198,13 +198,18 @@ def _write_results(summary: dict, student, tok, out: str) -> None:
         f.write(summary_table(summary) + "\n")
 
 
-def summary_table(*summaries: dict) -> str:
-    """One markdown table over one or more runs (e.g. two selection strategies side by side)."""
+def summary_table(*summaries: dict, names: list[str] | None = None) -> str:
+    """One markdown table over one or more runs (e.g. two selection strategies side by side); names: a first
+    column naming each run (runs of the same selection, e.g. offline KD against on-policy distillation, are told
+    apart only by it)."""
+    if names is not None and len(names) != len(summaries):
+        raise ValueError(f"{len(names)} names for {len(summaries)} runs")
+    first = "| run " if names else ""
     lines = [f"teacher `{summaries[0]['teacher']}`", "",
-             "| selection | stage | phase | attention kept | held-out KL | ppl ratio (student / teacher) "
+             first + "| selection | stage | phase | attention kept | held-out KL | ppl ratio (student / teacher) "
              "| mixer alignment error (before -> after) | wall s | CPU s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for summary in summaries:
+             "|---" * (10 if names else 9) + "|"]
+    for i, summary in enumerate(summaries):
         for r in summary["phases"]:
             if r.get("skipped"):
                 continue
@@ -213,7 +218,7 @@ def summary_table(*summaries: dict) -> str:
                 errs = list(r["alignment_error"].values())
                 align = (f"{sum(e['before'] for e in errs) / len(errs):.3f} -> "
                          f"{sum(e['after'] for e in errs) / len(errs):.3f}")
-            lines.append(f"| {summary['selection']} | {r['stage']} | {r['phase']} | "
-                         f"{len(r['attention_layers'])} ({r['keep_ratio']:.0%}) | {r['kl']:.4f} | "
+            lines.append((f"| {names[i]} " if names else "") + f"| {summary['selection']} | {r['stage']} | "
+                         f"{r['phase']} | {len(r['attention_layers'])} ({r['keep_ratio']:.0%}) | {r['kl']:.4f} | "
                          f"{r['ppl_ratio']:.3f} | {align} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The command line on whole checkpoints: `import` of a released checkpoint, `export` to GraniteMoeHybrid, and
-`generate` streaming the engine's greedy text."""
+`generate` streaming the engine's greedy text, `summary` over distill runs."""
+import json
 import os
 
 import torch
@@ -50,3 +51,28 @@ def test_cli_generate_streams_the_engines_greedy_text(tmp_path, capsys):
     generate(model, [ids], SamplingParams(max_new_tokens=15), eos_token_id=tok.eos_token_id,
              on_step=lambda t, a: seen.append(t))
     assert seen == [[x] for x in ref[0, len(ids):].tolist()][:len(seen)] and seen[-1] == [tok.eos_token_id]
+
+
+def test_cli_summary_names_each_run_when_several_share_a_selection(tmp_path, capsys):
+    """Two distill runs of the same selection (offline KD against on-policy) are told apart by a first column with
+    each run folder's name; one run keeps the plain table; a folder without summary.json is refused by name."""
+    def phase(name, kl):
+        return {"stage": 0, "phase": name, "attention_layers": [0, 2], "keep_ratio": 0.5, "kl": kl, "ppl_ratio": 1.5,
+                "seconds": 10.0, "cpu_seconds": 19.6}
+    for run, last, kl in (("offline-kd", "kd", 0.0127), ("onpolicy", "onpolicy", 1.2441)):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "summary.json").write_text(json.dumps(
+            {"teacher": "T", "selection": "explicit", "phases": [phase("align", 0.95), phase(last, kl),
+                                                                 {"phase": "kd", "skipped": True}]}))
+    assert main(["summary", str(tmp_path / "offline-kd"), str(tmp_path / "onpolicy") + "/",
+                 "--out", str(tmp_path / "s.md")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| run | selection | stage | phase |") and lines[3] == "|---" * 10 + "|"
+    assert [line.split(" | ")[:4] for line in lines[4:]] == [
+        ["| offline-kd", "explicit", "0", "align"], ["| offline-kd", "explicit", "0", "kd"],
+        ["| onpolicy", "explicit", "0", "align"], ["| onpolicy", "explicit", "0", "onpolicy"]]
+    assert "| 1.2441 |" in lines[-1] and (tmp_path / "s.md").read_text().splitlines() == lines
+    assert main(["summary", str(tmp_path / "onpolicy")]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith("| selection | stage |")
+    assert main(["summary", str(tmp_path / "offline-kd"), str(tmp_path / "nowhere")]) == 2
+    assert "nowhere has no summary.json" in capsys.readouterr().err
