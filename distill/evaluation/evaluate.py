@@ -333,11 +333,18 @@ class DrawJournal:
         self.sitting = 0
         records = self.read(self.path) if resume and os.path.isfile(self.path) else []
         if records:
-            stored = records[0].get("settings")
-            if stored != settings:
-                diff = sorted(k for k in set(settings) | set(stored or {}) if (stored or {}).get(k) != settings.get(k))
+            stored = records[0].get("settings") or {}
+            same = {**stored, "specs": [_spec_key(m) for m in stored.get("specs", [])]}
+            now = {**settings, "specs": [_spec_key(m) for m in settings["specs"]]}
+            if same != now:
+                diff = sorted(k for k in set(now) | set(same) if same.get(k) != now.get(k))
                 raise ValueError(f"{self.path} holds draws made with other settings ({', '.join(diff)} differ); "
                                  f"move it away to start over")
+            # the same models named another way (a relative path then, an absolute one now): the records take
+            # today's names, which are the labels the run keys them by
+            rename = dict(zip(stored["specs"], settings["specs"]))
+            records = [{"settings": settings}] + [{**r, "model": rename.get(r["model"], r["model"])}
+                                                  for r in records[1:]]
             for r in records[1:]:
                 if "meta" in r:
                     self.meta[r["model"]] = r["meta"]
@@ -383,6 +390,14 @@ class DrawJournal:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _spec_key(spec: str) -> str:
+    """A model spec (`path[@attn=R]`, a hub id, an alias) as a resumed run compares it: a local path made absolute,
+    so `runs/x` and `/home/me/runs/x` name the same model; anything else as given."""
+    import os
+    head, at, tail = spec.partition("@")
+    return (os.path.realpath(head) if os.path.exists(head) else head) + at + tail
 
 
 def _engine_loader(problems, **sampling):

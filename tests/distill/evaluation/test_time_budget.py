@@ -307,6 +307,24 @@ def test_resuming_a_finished_run_draws_nothing_and_reanalyses_its_journal(tmp_pa
     assert "resumed" not in (tmp_path / "time_budget.md").read_text()
 
 
+def test_a_resumed_run_knows_its_models_by_another_path_to_the_same_folder(tmp_path, monkeypatch):
+    """Models given as absolute paths, the run resumed with relative ones (or the other way): the same models, so
+    the journal's draws serve and take today's names; another folder is other settings."""
+    for m in ("A", "B", "C"):
+        (tmp_path / "models" / m).mkdir(parents=True)
+    absolute = tuple(str(tmp_path / "models" / m) for m in ("A", "B"))
+    whole, _ = _fake_run(tmp_path / "out", labels=absolute, seed=3)
+    monkeypatch.chdir(tmp_path)
+    again, calls = _fake_run(tmp_path / "out", labels=("models/A", "models/B/"), seed=3, resume=True)
+    assert calls == [] and list(again["models"]) == ["models/A", "models/B/"]
+    assert again["curves"]["models/B/"] == whole["curves"][absolute[1]] and again["sittings"] == 1
+    journal = [json.loads(line) for line in (tmp_path / "out" / "time_budget.draws.jsonl").read_text().splitlines()]
+    assert journal[0]["settings"]["specs"] == ["models/A", "models/B/"]
+    assert {r["model"] for r in journal[1:]} == {"models/A", "models/B/"}
+    with pytest.raises(ValueError, match=r"other settings \(specs differ\)"):
+        _fake_run(tmp_path / "out", labels=("models/A", "models/C"), seed=3, resume=True)
+
+
 def test_relative_budgets_are_multiples_of_the_references_seconds_per_sample(tmp_path):
     """Budgets "1x" and "4x" with the slow model (0.6 s/sample at its best batch) as the reference: it draws
     ceil(4 x 0.6 / 0.6) = 4 samples per problem, the fast one (0.075 s/sample) ceil(2.4 / 0.075) = 32; the curves
