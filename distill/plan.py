@@ -87,11 +87,10 @@ WEIGHT_FREE_SELECTIONS = ("uniform", "explicit")
 CHECKPOINTING_HOW = {
     "kd": "activation checkpointing (fsdp2: fsdp_activation_checkpointing: true in the accelerate config; the "
           "distill trainer has no switch of its own)",
-    "onpolicy": "activation checkpointing (fsdp2: fsdp_activation_checkpointing: true in the accelerate config; "
-                "the distill trainer has no switch of its own)",
     "sft": "activation checkpointing (sft.yaml extra: {gradient_checkpointing: true})",
     "rl": "activation checkpointing (rl.yaml extra: {gradient_checkpointing: true})",
 }
+CHECKPOINTING_HOW["onpolicy"] = CHECKPOINTING_HOW["kd"]  # the same distill trainer
 
 
 @dataclass
