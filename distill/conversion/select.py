@@ -34,7 +34,7 @@ from .align import teacher_io
 from .heldout import HeldOut
 from .transfer import TRANSFERS, hybridize
 from ..data import model_inputs
-from .losses import alignment_l2, combined_loss
+from .losses import alignment_l2, combined_loss, target_mask
 
 
 @dataclass
@@ -175,39 +175,66 @@ def _teacher_io_batches(teacher, layers, rows, batch_size, n_batches, seed=0):
             for b in _batches(rows, batch_size, n_batches, seed)]
 
 
-def _adam_steps(params, losses, lr: float) -> None:
-    """Plain Adam at a constant rate, one step per loss that `losses` yields (each computed on demand, with
-    gradients on). The strategies only rank layers by a short training: no schedule, clipping, checkpoints or
-    reseeding (the Trainer's), which would change the scores and the random numbers later layers draw."""
+def _adam_steps(params, steps, lr: float) -> None:
+    """Plain Adam at a constant rate, one step per item of `steps`: an iterable of losses whose sum is that step's
+    loss, each computed on demand with gradients on and back-propagated before the next is computed (a step's rows
+    a few at a time: the same gradient as the whole batch at once, up to summation order, in the memory of a few
+    rows). The strategies only rank layers by a short training: no schedule, clipping, checkpoints or reseeding
+    (the Trainer's), which would change the scores and the random numbers later layers draw."""
     opt = torch.optim.Adam(params, lr=lr)
     with torch.enable_grad():
-        for loss in losses:
+        for parts in steps:
             opt.zero_grad()
-            loss.backward()
+            for loss in parts:
+                loss.backward()
             opt.step()
 
 
-def _align_losses(io_batches, layers, mixers: dict, steps):
-    """Per step: the summed mean squared error of the mixers of `layers` against their attention outputs."""
+def _check_rows(**rows) -> None:
+    for name, v in rows.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name}={v!r} must be a positive number of rows")
+
+
+def _micro(n: int, rows: int) -> list[slice]:
+    return [slice(r, r + rows) for r in range(0, n, rows)]
+
+
+def _align_losses(io_batches, layers, mixers: dict, steps, micro_rows: int = 1):
+    """Per step, `micro_rows` rows at a time: the summed mean squared error of the mixers of `layers` against their
+    attention outputs, a mean over the step's tokens."""
     for step in range(steps):
         io, seq_idx = io_batches[step % len(io_batches)]
-        yield sum(alignment_l2(mixers[i](io[i][0], seq_idx=seq_idx), io[i][1])[0] / io[i][0].shape[:2].numel()
-                  for i in layers)
+        x = io[layers[0]][0]
+        tokens = x.shape[:2].numel()
+        yield (sum(alignment_l2(mixers[i](io[i][0][part], seq_idx=None if seq_idx is None else seq_idx[part]),
+                                io[i][1][part])[0] for i in layers) / tokens
+               for part in _micro(x.shape[0], micro_rows))
 
 
-def _align_steps(io_batches, layers, mixers: dict, steps, lr):
+def _align_steps(io_batches, layers, mixers: dict, steps, lr, micro_rows: int = 1):
     params = [p for m in mixers.values() for p in m.parameters()]
-    _adam_steps(params, _align_losses(io_batches, layers, mixers, steps), lr)
+    _adam_steps(params, _align_losses(io_batches, list(layers), mixers, steps, micro_rows), lr)
 
 
-def _kd_losses(student, teacher, batches, loss):
-    """Per batch: the KD loss of `student` against the teacher's logits, a mean over target tokens."""
+CHUNK = 512  # token rows whose [rows x vocab] float32 softmax exists at once in the KD loss
+
+
+def _kd_losses(student, teacher, batches, micro_rows: int = 1):
+    """Per batch, `micro_rows` rows at a time: forward KL of `student` against the teacher's logits, a mean over
+    the batch's target tokens (computed CHUNK logit rows at a time)."""
+    loss = combined_loss({"kl": 1.0}, chunk=CHUNK)
     for batch in batches:
-        kw = model_inputs(batch)
-        with torch.no_grad():
-            t = teacher(**kw).logits
-        s, c, _ = loss(student(**kw).logits, t, batch["labels"])
-        yield s / c.clamp(min=1)
+        count = max(int(target_mask(batch["labels"]).sum()), 1)
+
+        def parts(batch=batch, count=count):
+            for part in _micro(batch["input_ids"].shape[0], micro_rows):
+                kw = model_inputs({k: v[part] for k, v in batch.items()})
+                with torch.no_grad():
+                    t = teacher(**kw).logits
+                s, _, _ = loss(student(**kw).logits, t, batch["labels"][part])
+                yield s / count
+        yield parts()
 
 
 def _need_rows(ctx: SelectContext, name: str):
@@ -216,8 +243,10 @@ def _need_rows(ctx: SelectContext, name: str):
 
 
 @register("leave-one-out")
-def _leave_one_out(ctx: SelectContext, align_steps: int = 20, lr: float = 1e-3, align_batches: int = 4) -> Selection:
+def _leave_one_out(ctx: SelectContext, align_steps: int = 20, lr: float = 1e-3, align_batches: int = 4,
+                   micro_rows: int = 1) -> Selection:
     _need_rows(ctx, "leave-one-out")
+    _check_rows(micro_rows=micro_rows)
     teacher = ctx.teacher
     n = teacher.config.num_hidden_layers
     base = hybridize(teacher, range(n), mixer=ctx.mixer)
@@ -225,7 +254,7 @@ def _leave_one_out(ctx: SelectContext, align_steps: int = 20, lr: float = 1e-3, 
     scores = {}
     for i in tqdm(range(n), desc="leave-one-out"):
         with swapped_to_mixer(base, i, ctx.mixer, teacher.model.layers[i]) as mix:
-            _align_steps(io_batches, [i], {i: mix}, align_steps, lr)
+            _align_steps(io_batches, [i], {i: mix}, align_steps, lr, micro_rows)
             scores[i] = ctx.evaluate(base)
     order = sorted(range(n), key=lambda i: (scores[i], i))
     return Selection("leave-one-out", order, scores, "held-out KL with only this layer replaced")
@@ -233,24 +262,26 @@ def _leave_one_out(ctx: SelectContext, align_steps: int = 20, lr: float = 1e-3, 
 
 @register("kl-guided")
 def _kl_guided(ctx: SelectContext, align_steps: int = 20, kd_steps: int = 10, lr: float = 1e-3,
-               align_batches: int = 4) -> Selection:
+               align_batches: int = 4, kd_rows: int | None = None, micro_rows: int = 1) -> Selection:
+    """kd_rows: rows a KD step (default: the context's batch size); micro_rows: rows whose activations exist at
+    once in a training step (the step's gradient is the same, up to summation order)."""
     _need_rows(ctx, "kl-guided")
+    _check_rows(kd_rows=kd_rows, micro_rows=micro_rows)
     teacher = ctx.teacher
     n = teacher.config.num_hidden_layers
     student = hybridize(teacher, [], mixer=ctx.mixer)
     mixers = {i: student.model.layers[i].mamba for i in range(n)}
     io_batches = _teacher_io_batches(teacher, range(n), ctx.train_rows, ctx.batch_size, align_batches)
-    _align_steps(io_batches, list(range(n)), mixers, align_steps, lr)
+    _align_steps(io_batches, list(range(n)), mixers, align_steps, lr, micro_rows)
     del io_batches
     snapshot = copy.deepcopy(student.state_dict())
     base_kl = ctx.evaluate(student)
-    kd = combined_loss({"kl": 1.0})
     scores = {}
     for i in tqdm(range(n), desc="kl-guided"):
         with swapped_to_attention(student, i, teacher.model.layers[i]):
             params = [p for j, m in mixers.items() if j != i for p in m.parameters()]
-            batches = _batches(ctx.train_rows, ctx.batch_size, kd_steps, seed=i)
-            _adam_steps(params, _kd_losses(student, teacher, batches, kd), lr)
+            batches = _batches(ctx.train_rows, kd_rows or ctx.batch_size, kd_steps, seed=i)
+            _adam_steps(params, _kd_losses(student, teacher, batches, micro_rows), lr)
             scores[i] = base_kl - ctx.evaluate(student)
         student.load_state_dict(snapshot)
     order = sorted(range(n), key=lambda i: (scores[i], i))
