@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Which attention layers matter for long reasoning and for recall: the long-reasoning reasoner of
-# long_reasoning.sh (RUN) converted into 25 % hybrids (7 of 30 layers keep attention) with uniform, leave-one-out
+# long_reasoning.sh (RUN) converted into 25 % hybrids (8 of 30 layers keep attention) with uniform, leave-one-out
 # and KL-guided layer selection, the same transfer / align / KD budget each (recipes/smollm2-135m-long demo
 # profile, on the reasoner's answers of RUN), then held-out pass@1 at ~800-token traces and the recall probe at
 # distance 256, paired against the reasoner.
-# Usage: selection_long.sh RUN [OUT]   (about 1.5 h on a 2-core CPU)
+# Usage: selection_long.sh RUN [OUT]   (about 2.5 h on a 2-core CPU: each branch 25-30 min of conversion and 10 of
+# evaluation, KL-guided 50 min more for its selection)
 set -euo pipefail
 run=${1:?usage: selection_long.sh RUN [OUT]}
 out=${2:-$run/selection}
 reasoner=$run/sft-teacher/final
 # leave-one-out scores each layer alone, whatever the ratio: where RUN's own conversion selected that way (its
-# select.json), its scores give the 25 % selection and are not computed again (20 min)
+# select.json), its scores give the 25 % selection and are not computed again (25 min)
 loo=$(python -c "import json, sys; from distill.conversion.select import kept_layers
 d = json.load(open(sys.argv[1]))
 print(kept_layers(d['order'], 0.25) if d['strategy'] == 'leave-one-out' else '')" "$run/distill/select.json" | tr -d ' ')
