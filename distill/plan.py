@@ -85,12 +85,12 @@ ONPOLICY_PROMPT_TOKENS = 256  # on-policy rows likewise (long-reasoning prompts 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 WEIGHT_FREE_SELECTIONS = ("uniform", "explicit")
 CHECKPOINTING_HOW = {
-    "kd": "activation checkpointing (fsdp2: fsdp_activation_checkpointing: true in the accelerate config; the "
-          "distill trainer has no switch of its own)",
+    "kd": "activation checkpointing (kd.activation_checkpointing: true; fsdp2: also fsdp_activation_checkpointing: "
+          "true in the accelerate config)",
     "sft": "activation checkpointing (sft.yaml extra: {gradient_checkpointing: true})",
     "rl": "activation checkpointing (rl.yaml extra: {gradient_checkpointing: true})",
 }
-CHECKPOINTING_HOW["onpolicy"] = CHECKPOINTING_HOW["kd"]  # the same distill trainer
+CHECKPOINTING_HOW["onpolicy"] = CHECKPOINTING_HOW["kd"].replace("kd.", "onpolicy.")  # the same distill trainer
 
 
 @dataclass
@@ -310,7 +310,7 @@ def _kd_stage(recipe, k: int, student, n_teacher: int, w: int, a: int, T: int, f
         compute_bytes=a, rows=s.batch_size, row_tokens=T, grad_accum=s.grad_accum, steps=s.steps,
         act_row=T * (activation_bytes_per_token(cfg, a, False) + logits),
         act_row_ckpt=T * (activation_bytes_per_token(cfg, a, True) + logits), act_fixed=fixed,
-        flops_per_token=flops)
+        flops_per_token=flops, checkpointing=bool(s.activation_checkpointing))
 
 
 def _onpolicy_stage(recipe, k: int, student, teacher, w: int, a: int) -> Stage:

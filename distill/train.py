@@ -65,6 +65,8 @@ class TrainArgs:
     keep_checkpoints: int = 1
     compile: bool = False  # torch.compile the module's forward (nn.Module.compile: parameter names unchanged)
     packed_linears: bool = False  # CPU float32: linears on packed weights (hybrid.prepack.packed_training_linears)
+    activation_checkpointing: bool = False  # recompute each layer's activations in backward (transformers models:
+    # the student of kd / onpolicy), trading compute for the memory of long rows
     max_seconds: float = 0.0  # > 0: stop once the optimizer steps have taken this long (evaluation and saving not
     # counted; kept across resumes), so that two methods can be compared at equal training time; the learning-rate
     # schedule still follows `steps`
@@ -84,6 +86,23 @@ class TrainArgs:
             raise ValueError(f"max_seconds={self.max_seconds!r} must be a non-negative number of seconds")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of auto, no, bf16, fp16")
+
+
+def _enable_activation_checkpointing(module: torch.nn.Module, name: str) -> None:
+    """transformers' per-layer checkpointing (non-reentrant), for the model this trainer trains."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(module, "activation_checkpointing_enable"):  # transformers 5.x
+        module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(module, "gradient_checkpointing_enable"):
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ValueError(f"{name}: activation_checkpointing needs a transformers model; the trained module is a "
+                         f"{type(module).__name__}")
+
+
+def _disable_activation_checkpointing(module: torch.nn.Module) -> None:
+    off = getattr(module, "activation_checkpointing_disable", None) or module.gradient_checkpointing_disable
+    off()
 
 
 class NonFiniteLoss(RuntimeError):
@@ -398,6 +417,8 @@ class Trainer:
         no_decay = [p for p in params if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+        if args.activation_checkpointing:
+            _enable_activation_checkpointing(module, name)
         if args.compile:
             module.compile()
         self.module, self.opt = self.acc.prepare(module, opt)
@@ -667,8 +688,12 @@ class Trainer:
         bar = tqdm(total=self.args.steps, initial=self.step, desc=self.name, disable=not self.acc.is_main_process,
                    dynamic_ncols=True)
         t0, tokens, model_tokens = time.perf_counter(), 0.0, 0.0
-        with packed_training_linears(self.module, enabled=self.args.packed_linears):
-            return self._loop(bar, t0, tokens, model_tokens, done_now, stop_after)
+        try:
+            with packed_training_linears(self.module, enabled=self.args.packed_linears):
+                return self._loop(bar, t0, tokens, model_tokens, done_now, stop_after)
+        finally:
+            if self.args.activation_checkpointing:  # the model leaves this stage as it came: the next may not want it
+                _disable_activation_checkpointing(self.acc.unwrap_model(self.module))
 
     def _loop(self, bar, t0: float, tokens: float, model_tokens: float, done_now: int, stop_after) -> dict:
         while self.step < self.args.steps and not self.out_of_time():

@@ -234,3 +234,17 @@ def test_the_onpolicy_phase_is_planned_after_each_kd_like_kd_on_its_rows():
     assert [2 * s.rollout_bytes for s in ops[0]] == pytest.approx([s.rollout_bytes for s in ops[1]])
     _, notes = P.recipe_stages(pipe, P.teacher_config(folder))
     assert any(n.startswith(f"onpolicy rows: {P.ONPOLICY_PROMPT_TOKENS} prompt tokens (assumed)") for n in notes)
+
+
+def test_the_distill_trainers_checkpointing_switch_is_planned():
+    """kd.activation_checkpointing / onpolicy.activation_checkpointing: the stage keeps only each layer's input for
+    backward (act_row_ckpt), as TRL stages do with their gradient_checkpointing."""
+    folder = os.path.join(ROOT, "recipes", "smollm2-135m-long")
+    _, plain = stages_of(folder, ("distill.onpolicy.steps=3",))
+    _, ckpt = stages_of(folder, ("distill.onpolicy.steps=3", "distill.kd.activation_checkpointing=true",
+                                 "distill.onpolicy.activation_checkpointing=true"))
+    for a, b in zip(plain, ckpt):
+        if a.kind in ("kd", "onpolicy"):
+            assert (a.checkpointing, b.checkpointing) == (False, True), a.name
+            assert P.memory(b, "ddp", 1)["activations"] < P.memory(a, "ddp", 1)["activations"]
+    assert "onpolicy.activation_checkpointing: true" in P.CHECKPOINTING_HOW["onpolicy"]

@@ -67,7 +67,7 @@ def test_a_frozen_teacher_copy_refuses_a_parameter_the_student_trains():
         FrozenTeacher(teacher, student, dtype=torch.bfloat16)
 
 
-@pytest.mark.parametrize("lever", ["packed_linears", "compile"])
+@pytest.mark.parametrize("lever", ["packed_linears", "compile", "activation_checkpointing"])
 def test_packed_linears_and_compile_train_like_the_plain_step(tmp_path, lever):
     if lever == "packed_linears" and not op_works():
         pytest.skip("oneDNN packed linear unavailable")
@@ -89,6 +89,31 @@ def test_packed_linears_and_compile_train_like_the_plain_step(tmp_path, lever):
     for k, v in student.state_dict().items():
         assert_close(v, ref[k], atol=1e-4, rtol=1e-4, what=k)
     assert all("forward" not in vars(m) for m in student.modules())  # packed forwards removed after the run
+
+
+def test_activation_checkpointing_keeps_few_activations_and_is_off_after_the_run(tmp_path):
+    teacher = tiny_teacher("llama").requires_grad_(False)
+    student = hybridize(teacher, [1])
+    saved = {}
+    for on in (False, True):
+        t = Trainer(student.requires_grad_(True), kd_loss_step(teacher, {"kl": 1.0}), tiny_rows(n_docs=24),
+                    TrainArgs(steps=2, batch_size=4, warmup_steps=0, activation_checkpointing=on),
+                    str(tmp_path / str(on)))
+        count = [0]
+
+        def pack(x, count=count):  # what the step's forward keeps for backward (recomputation keeps its own)
+            count[0] += x.numel()
+            return x
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            t.train_step()
+        saved[on] = count[0]
+        t.run()
+    assert saved[True] * 10 < saved[False], saved
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in student.modules())
+    with pytest.raises(ValueError, match=r"align: activation_checkpointing needs a transformers model; the trained "
+                                         r"module is a ModuleDict"):
+        Trainer(torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2)}), lambda m, b: None, tiny_rows(n_docs=24),
+                TrainArgs(steps=1, activation_checkpointing=True), str(tmp_path / "x"), name="align")
 
 
 def test_model_flops_match_a_count_by_hand():
