@@ -688,6 +688,8 @@ class Trainer:
         bar = tqdm(total=self.args.steps, initial=self.step, desc=self.name, disable=not self.acc.is_main_process,
                    dynamic_ncols=True)
         t0, tokens, model_tokens = time.perf_counter(), 0.0, 0.0
+        if self.args.activation_checkpointing:  # again: an earlier run() switched it off at its end
+            _enable_activation_checkpointing(self.acc.unwrap_model(self.module), self.name)
         try:
             with packed_training_linears(self.module, enabled=self.args.packed_linears):
                 return self._loop(bar, t0, tokens, model_tokens, done_now, stop_after)
