@@ -169,7 +169,9 @@ class SpeedCallback(TrainerCallback):
 
 def train_and_save(trainer, tokenizer, args, resume: bool, name: str, seq_len: int = 512) -> str:
     """Train (when resume, from the newest complete checkpoint in args.out, if any); save the model and tokenizer
-    to args.out/final and the stage's arguments to args.out/{name}_args.json; return the final folder."""
+    to args.out/final, the stage's arguments to args.out/{name}_args.json and its log (TRL's log_history: loss,
+    rewards, speed per logged step, the resumed steps' included) to args.out/{name}_log.jsonl, which outlives the
+    checkpoints; return the final folder."""
     path = None
     if resume:
         optimizer = not (trainer.args.save_only_model or trainer.is_deepspeed_enabled)
@@ -185,5 +187,7 @@ def train_and_save(trainer, tokenizer, args, resume: bool, name: str, seq_len: i
         tokenizer.save_pretrained(final)
         with open(os.path.join(args.out, f"{name}_args.json"), "w") as f:
             json.dump(asdict(args), f, indent=1)
+        with open(os.path.join(args.out, f"{name}_log.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()
     return final

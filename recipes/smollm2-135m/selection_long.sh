@@ -19,7 +19,7 @@ for s in uniform leave-one-out kl-guided; do
   how=(--set select.strategy=$s)
   if [ $s = leave-one-out ] && [ -n "$loo" ]; then how=(--set select.strategy=explicit --set "select.params.layers=$loo"); fi
   # KL-guided trains the all-Mamba student once and then 30 times briefly: at this budget 2 KD steps of 2 rows per
-  # restored layer (about 1 min each), a row at a time (4 rows of 2560 tokens at once ran out of 24 GB)
+  # restored layer (about 75 s each with its evaluation), a row at a time (4 rows of 2560 tokens at once ran out of 24 GB)
   if [ $s = kl-guided ]; then how+=(--set select.params.kd_steps=2 --set select.params.kd_rows=2 --set select.params.micro_rows=1); fi
   hybrid-distill distill --config recipes/smollm2-135m-long/distill.yaml --profile demo --set teacher="$reasoner" \
     --set "schedule=[0.25]" "${how[@]}" --set data.source="$run/distill/corpus.jsonl" \

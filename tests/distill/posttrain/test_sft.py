@@ -119,6 +119,9 @@ def test_sft_run_trains_saves_and_reloads(tmp_path):
     changed = [k for k, v in after.state_dict().items() if not torch.equal(v, before[k])]
     assert any(".mamba." in k for k in changed) and any("self_attn" in k for k in changed)
     assert json.loads((tmp_path / "run" / "sft_args.json").read_text())["max_steps"] == 3
+    log = [json.loads(line) for line in (tmp_path / "run" / "sft_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]  # the whole run, kept beside the checkpoints
+    assert [r for r in log if r["step"] <= 2][:2] == [r for r in logged if "loss" in r][:2]
 
 
 def test_bad_sft_input(tmp_path):
