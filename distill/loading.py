@@ -4,7 +4,9 @@ generate with.
 A spec is anything `hybrid.load_pretrained` reads (hybrid folder, HF folder or id, released MambaInLlama/M1
 folder, .gguf, the alias smollm2-135m), optionally with `@attn=R`: the model converted on the fly to a hybrid
 keeping a fraction R of its layers as attention (uniform selection, transfer-initialised weights), which is enough
-to benchmark or smoke-test a ratio without a distillation run.
+to benchmark or smoke-test a ratio without a distillation run. The conversion's random initialisations (the mixers'
+parameters the transfer does not set) are seeded apart from the caller's random state, so one spec is one model in
+every process: benchmarks that train it start from the same weights run after run.
 """
 from __future__ import annotations
 
@@ -32,7 +34,11 @@ def load_model(spec: str, need_tokenizer: bool = False, dtype=None, for_training
         raise ValueError(f"model spec {spec!r} has no tokenizer (save one beside the model): this command needs it "
                          "to encode text")
     if opt:
-        model = hybridize(model, uniform_attention_layers(model.config.num_hidden_layers, _ratio(spec, opt))).eval()
+        import torch
+        with torch.random.fork_rng(devices=[]):  # the mixers' random parts are seeded: one spec, one model
+            torch.manual_seed(0)
+            model = hybridize(model, uniform_attention_layers(model.config.num_hidden_layers,
+                                                              _ratio(spec, opt))).eval()
     if for_training:
         use_document_attention(model)  # packed rows attend per document, without a dense [T x T] mask
         if tok.pad_token is None:

@@ -222,10 +222,14 @@ def _post_train(kind: str, who: str, run: PipelineRun) -> dict:
 
 
 def _eval(run: PipelineRun) -> dict:
-    """Held-out task accuracy of every model the run made; stages.json keeps the pass@ / maj@ numbers."""
+    """Held-out task accuracy of every model the run made; stages.json keeps the pass@ / maj@ numbers.
+    Reasoner-first leaves out the base teacher: the comparison starts from the reasoner (teacher-sft), and the
+    untuned model mostly writes to the length limit on long tasks, the slowest sampling of the stage."""
     extra = {}
     for who, ckpts in run.models.items():
         for step, spec in ckpts.items():
+            if _reasoner_first(run.recipe) and (who, step) == ("teacher", "base"):
+                continue
             r = _evaluate(spec, run.recipe.bench, os.path.join(run.out, "eval", f"{who}-{step}"))
             extra[f"{who}-{step}"] = {k: r[k] for k in r if k.startswith(("pass@", "maj@"))}
     return extra

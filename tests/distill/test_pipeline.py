@@ -176,6 +176,10 @@ def test_reasoner_first_converts_the_sft_teacher_on_its_own_answers_and_skips_hy
     assert f"(the reasoner: `{out / 'sft-teacher' / 'final'}`)" in report
     assert os.path.isfile(out / "distill" / "stage0" / "kd" / "model" / "tokenizer_config.json")  # loads alone
     assert "Protocol: reasoner-first" in report and "| hybrid | sft |" not in report and "| hybrid | rl |" in report
+    # evaluated: the reasoner, its RL'd self, the hybrid and its RL'd self; not the untuned base teacher
+    assert sorted(k for k in stages["eval"] if k != "seconds") == ["hybrid-base", "hybrid-rl", "teacher-rl",
+                                                                    "teacher-sft"]
+    assert not (out / "eval" / "teacher-base").exists() and "| teacher | base |" not in report
     assert json.loads((out / "report.json").read_text())["protocol"] == "reasoner-first"
 
 
