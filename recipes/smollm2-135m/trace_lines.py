@@ -22,7 +22,7 @@ LINE = re.compile(r"^(\d+)\. (\d+) ([+*-]) (\d+) = (-?\d+) -> (\d+)$", re.M)
 OP = re.compile(r"^\d+\. (add|subtract|multiply by) (\d+)$", re.M)
 START = re.compile(r"Start with the number (\d+)")
 SIGN = {"add": "+", "subtract": "-", "multiply by": "*"}
-KINDS = ("complete", "numbering", "copy", "carry", "arithmetic", "stopped")
+KINDS = ("complete", "numbering", "copy", "carry", "arithmetic", "stopped", "overran")
 
 
 def _apply(op: str, a: int, b: int) -> int:
@@ -31,7 +31,7 @@ def _apply(op: str, a: int, b: int) -> int:
 
 def first_failure(problem_text: str, completion: str) -> tuple[str, int]:
     """(kind, step) of the completion's first failure (KINDS); step is 1-based, the step after the last line for
-    `stopped` and the number of operations for `complete`."""
+    `stopped`, the first line past the operations for `overran` and the number of operations for `complete`."""
     mod = int(re.search(r"modulo (\d+)", problem_text).group(1))
     ops = OP.findall(problem_text)
     value = int(START.search(problem_text).group(1))
@@ -48,6 +48,8 @@ def first_failure(problem_text: str, completion: str) -> tuple[str, int]:
         value = int(r)
     if len(lines) < len(ops):
         return "stopped", len(lines) + 1
+    if len(lines) > len(ops):
+        return "overran", len(ops) + 1
     return "complete", len(ops)
 
 

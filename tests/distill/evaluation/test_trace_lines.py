@@ -55,6 +55,12 @@ def test_each_kind_of_first_failure(problem):
     cut = next(j for j, line in enumerate(lines) if line.startswith("6. "))
     stopped = "\n".join(lines[:cut] + ["</think>", "The answer is \\boxed{0}."])
     assert tl.first_failure(text, stopped) == ("stopped", 6)
+    # every operation right, then one line more: the trace ran past the last operation
+    n_ops = len(tl.OP.findall(text))
+    last = next(j for j, line in enumerate(lines) if line.startswith(f"{n_ops}. "))
+    extra = f"{n_ops + 1}. 3 + 4 = 7 -> 7"
+    overran = "\n".join(lines[:last + 1] + [extra] + lines[last + 1:])
+    assert tl.first_failure(text, overran) == ("overran", n_ops + 1)
 
 
 def test_summary_counts_every_completion(problem):
