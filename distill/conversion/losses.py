@@ -142,22 +142,41 @@ def _terms(name: str, alpha: float) -> tuple[float, float, float]:
     return (alpha, 1.0 - alpha, 0.0) if name == "mixed_kl" else _TERMS[name]
 
 
+def _scaled(x, temperature: float):
+    x = x.float()
+    return x if temperature == 1.0 else x / temperature
+
+
 def _log_probs(s, t, temperature: float):
-    return F.log_softmax(s.float() / temperature, dim=-1), F.log_softmax(t.float() / temperature, dim=-1)
+    return F.log_softmax(_scaled(s, temperature), dim=-1), F.log_softmax(_scaled(t, temperature), dim=-1)
 
 
-def _chunk_values(s, t, y, temperature: float, need) -> list:
-    """Per-row [forward KL, reverse KL, CE] of one chunk; None where not needed."""
-    values = [None, None, None]
+def _chunk_values(s, t, y, temperature: float, need, grad_of: int | None = None) -> tuple[list, torch.Tensor | None]:
+    """(per-row [forward KL, reverse KL, CE] of one chunk, None where not needed; the gradient of term `grad_of`
+    per row, d term / ds in float32 from the same softmaxes (the closed forms above), or None)."""
+    values, g = [None, None, None], None
     if need[0] or need[1]:
         log_q, log_p = _log_probs(s, t, temperature)
+        p = log_p.exp() if need[0] else None
+        q = log_q.exp() if need[1] or grad_of == 0 else None
         if need[0]:
-            values[0] = (log_p.exp() * (log_p - log_q)).sum(-1) * temperature ** 2
+            values[0] = (p * (log_p - log_q)).sum(-1) * temperature ** 2
+            if grad_of == 0:
+                g = (q - p).mul_(temperature)
         if need[1]:
-            values[1] = (log_q.exp() * (log_q - log_p)).sum(-1) * temperature ** 2
+            diff = log_q - log_p
+            kl = (q * diff).sum(-1, keepdim=True)
+            values[1] = kl.squeeze(-1) * temperature ** 2
+            if grad_of == 1:
+                g = q.mul_(diff.sub_(kl)).mul_(temperature)
     if need[2]:
-        values[2] = F.cross_entropy(s.float(), y.clamp(min=0), reduction="none")
-    return values
+        log_r = F.log_softmax(s.float(), dim=-1)
+        target = y.clamp(min=0).unsqueeze(-1)
+        values[2] = -log_r.gather(-1, target).squeeze(-1)
+        if grad_of == 2:
+            g = log_r.exp_()
+            g.scatter_add_(-1, target, torch.full((g.shape[0], 1), -1.0, device=s.device))
+    return values, g
 
 
 def _chunk_grad(s, t, y, temperature: float, need, grad) -> torch.Tensor:
@@ -181,23 +200,41 @@ def _chunk_grad(s, t, y, temperature: float, need, grad) -> torch.Tensor:
 
 class VocabLoss(torch.autograd.Function):
     """(s [N, V], t [N, V] or None, y [N], w [N] float32, temperature, need, chunk) -> [3] float32: the sums over
-    rows of w * (forward KL, reverse KL, CE); terms not in `need` are 0 and get no gradient."""
+    rows of w * (forward KL, reverse KL, CE); terms not in `need` are 0 and get no gradient.
+
+    Where one term is needed (KD's forward KL, on-policy's reverse KL, SFT's cross-entropy) its gradient is
+    computed in forward from the same chunk's softmaxes and kept in place of the logits: backward only scales it,
+    and the teacher's logits are not kept for backward. With a teacher it is kept in float32 (no more memory than
+    the two logits tensors it replaces, and rounded once, to the logits' dtype, after scaling, as the recomputed
+    gradient is); without one (cross-entropy) in the logits' dtype, the memory of the logits it replaces. Several
+    terms: the inputs are kept and each chunk's softmaxes are recomputed in backward."""
 
     @staticmethod
     def forward(ctx, s, t, y, w, temperature, need, chunk):
         out = torch.zeros(3, dtype=torch.float32, device=s.device)
+        single = sum(need) == 1 and ctx.needs_input_grad[0]
+        term = need.index(True) if single else None
+        grads = torch.empty_like(s, dtype=torch.float32 if t is not None else s.dtype) if single else None
         for i in range(0, s.shape[0], chunk):
             part = slice(i, i + chunk)
-            values = _chunk_values(s[part], None if t is None else t[part], y[part], temperature, need)
+            values, g = _chunk_values(s[part], None if t is None else t[part], y[part], temperature, need, term)
             for k, v in enumerate(values):
                 if v is not None:
                     out[k] += (v * w[part]).sum()
-        ctx.save_for_backward(s, t, y, w)
-        ctx.temperature, ctx.need, ctx.chunk = temperature, need, chunk
+            if single:
+                grads[part] = g * w[part].unsqueeze(-1)
+        if single:
+            ctx.save_for_backward(grads)
+        else:
+            ctx.save_for_backward(s, t, y, w)
+        ctx.temperature, ctx.need, ctx.chunk, ctx.term, ctx.dtype = temperature, need, chunk, term, s.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.term is not None:
+            (grads,) = ctx.saved_tensors
+            return (grads * grad[ctx.term]).to(ctx.dtype), None, None, None, None, None, None
         s, t, y, w = ctx.saved_tensors
         out = torch.empty_like(s)
         for i in range(0, s.shape[0], ctx.chunk):

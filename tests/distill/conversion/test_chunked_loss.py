@@ -21,11 +21,11 @@ def _case(dtype, seed=0, b=3, T=11, V=37):
 
 
 @pytest.mark.parametrize("weights", MIXES, ids=lambda w: "+".join(w))
-@pytest.mark.parametrize("chunk", [1, 4, 1000])
-def test_chunked_losses_equal_the_definitions_in_values_and_gradients(weights, chunk):
+@pytest.mark.parametrize("chunk,temperature", [(1, 1.7), (4, 1.7), (1000, 1.7), (4, 1.0)])
+def test_chunked_losses_equal_the_definitions_in_values_and_gradients(weights, chunk, temperature):
     s, t, labels = _case(torch.float32)
-    full, chunked = combined_loss(weights, temperature=1.7, alpha=0.3), \
-        combined_loss(weights, temperature=1.7, alpha=0.3, chunk=chunk)
+    full, chunked = combined_loss(weights, temperature=temperature, alpha=0.3), \
+        combined_loss(weights, temperature=temperature, alpha=0.3, chunk=chunk)
     s1, s2 = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
     a, n_a, parts_a = full(s1, t, labels)
     b, n_b, parts_b = chunked(s2, t, labels)
@@ -39,9 +39,10 @@ def test_chunked_losses_equal_the_definitions_in_values_and_gradients(weights, c
     assert s1.grad.abs().sum() > 0
 
 
-def test_chunked_losses_in_bfloat16_match_the_float32_definition_within_rounding():
+@pytest.mark.parametrize("weights", [{"reverse_kl": 1.0, "ce": 0.1}, {"kl": 1.0}, {"reverse_kl": 1.0}, {"ce": 1.0}],
+                         ids=lambda w: "+".join(w))
+def test_chunked_losses_in_bfloat16_match_the_float32_definition_within_rounding(weights):
     s, t, labels = _case(torch.bfloat16, seed=1)
-    weights = {"reverse_kl": 1.0, "ce": 0.1}
     s1 = s.float().requires_grad_(True)
     s2 = s.clone().requires_grad_(True)
     a, _, _ = combined_loss(weights, temperature=1.0)(s1, t.float(), labels)
@@ -63,3 +64,17 @@ def test_sft_cross_entropy_needs_no_teacher_logits():
 def test_a_bad_chunk_names_the_value():
     with pytest.raises(ValueError, match="chunk=0"):
         combined_loss({"kl": 1.0}, chunk=0)
+
+
+def test_one_term_keeps_its_gradient_not_the_logits_for_backward():
+    """One needed term: the gradient is computed in forward and is all the graph keeps (the teacher's logits are
+    free once the loss is computed); several terms keep the logits and recompute in backward."""
+    s, t, labels = _case(torch.float32, seed=3)
+    for weights, kept in (({"kl": 1.0}, 1), ({"reverse_kl": 1.0, "ce": 0.1}, 4)):
+        s1 = s.clone().requires_grad_(True)
+        total, _, _ = combined_loss(weights, chunk=4)(s1, t, labels)
+        saved = total.grad_fn.next_functions[0][0]  # sum(c * sums[k]) -> the VocabLoss node
+        while type(saved).__name__ != "VocabLossBackward":
+            saved = saved.next_functions[0][0]
+        assert len(saved.saved_tensors) == kept
+        assert all(x.data_ptr() != t.data_ptr() for x in saved.saved_tensors) == (kept == 1)
