@@ -37,7 +37,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from hybrid.prepack import packed_training_linears
+from hybrid.prepack import cpu_flags, packed_training_linears
 
 from .conversion.losses import target_mask
 from .data import RowLoader
@@ -317,18 +317,6 @@ def cpu_bf16_wins() -> bool:
         return True
     from .flops import gemm_peak
     return gemm_peak(torch.bfloat16) > 1.2 * gemm_peak(torch.float32)
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: the caller measures instead)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _release_precision(mixed_precision: str) -> None:

@@ -51,6 +51,20 @@ def test_default_kind_is_the_csrc_kernel_where_it_builds(monkeypatch):
         prepack.packing_kind(torch.float32, "mkl")
 
 
+def test_bfloat16_on_an_amx_cpu_defaults_to_onednn(monkeypatch):
+    """AMX tiles (oneDNN) beat the kernel's AVX512-BF16 dot products in bfloat16; float32 keeps the kernel."""
+    monkeypatch.delenv("HYBRID_PREPACK", raising=False)
+    monkeypatch.setattr(prepack, "skinny_supported", lambda dtype: True)  # as where the kernel builds for both
+    monkeypatch.setattr(prepack, "op_works", lambda: True)
+    monkeypatch.setattr(prepack, "dtype_supported", lambda dtype: True)
+    monkeypatch.setattr(prepack, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    assert prepack.packing_kind(torch.bfloat16) == "onednn"
+    assert prepack.packing_kind(torch.float32) == "csrc"
+    assert prepack.packing_kind(torch.bfloat16, "csrc") == "csrc"  # asked for by name: kept
+    monkeypatch.setattr(prepack, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert prepack.packing_kind(torch.bfloat16) == "csrc"
+
+
 @pytest.mark.skipif("csrc" not in KINDS, reason="no few-rows kernel in this build")
 def test_few_rows_kernel_leaves_prefill_and_gradients_to_f_linear(monkeypatch):
     lin = nn.Linear(16, 8)
