@@ -60,4 +60,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from distill.allocator import rerun_under_tcmalloc
+    rerun_under_tcmalloc()  # timed as the command line runs: on tcmalloc where installed
     main()
