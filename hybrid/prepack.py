@@ -136,7 +136,7 @@ def packing_kind(dtype: torch.dtype, kind: str | None = None) -> str | None:
     """The packing a linear of `dtype` gets: `kind` when given ("csrc" needs the kernel for the dtype: ValueError
     otherwise), else "csrc" where the few-rows kernel builds for it (unless HYBRID_PREPACK=onednn), else "onednn"
     where oneDNN has the dtype, else None. bfloat16 on a CPU with AMX goes to oneDNN, whose AMX tiles beat the
-    kernel's AVX512-BF16 dot products there (a decode step at batch 16: 1.06-1.15x, recipes/smollm2-135m/README.md)."""
+    kernel's AVX512-BF16 dot products there (a decode step at batch 16: 1.05-1.15x, recipes/smollm2-135m/README.md)."""
     if kind is not None and kind not in KINDS:
         raise ValueError(f"packing kind {kind!r} is not one of {KINDS}")
     if kind == "csrc" and not skinny_supported(dtype):
