@@ -30,7 +30,9 @@ Decode step modes (`decode=`):
   compilation); the compilation is timed apart (GenerationOutput.compile_seconds), not as decode time. Inside
   the compiled region the mixers run their PyTorch decode step (hybrid.ops.backends "torch", fused by inductor:
   the csrc kernels are opaque to dynamo and would split the graph at every mixer layer) and linear layers are
-  not packed (dynamo cannot trace oneDNN's packed op; inductor emits its own GEMM calls), so prepack is off.
+  not packed by hybrid.prepack (dynamo cannot trace oneDNN's packed op), so prepack is off; on the CPU inductor
+  freezes the weights into the graph and packs them itself (`compiled_decode_step`), and a model whose weights
+  changed since is compiled again.
   Tokens equal "static" up to float rounding (another summation order);
 - "auto" (default): "graph" on CUDA where the static step applies and the parameters are not sharded (FSDP2,
   ZeRO-3 gather them inside forward), else "eager". A capture that fails falls back to the uncaptured static step
@@ -52,6 +54,7 @@ goes to transformers' generate.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import types
 import weakref
@@ -144,27 +147,85 @@ def _decode_step(model, ids, pos, mask, cache):
     return logits, logits.argmax(-1)
 
 
-_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(b, max_len, dtype, dev): fn}
+_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(b, max_len, dtype, dev, frozen[, weights_version]): fn}
 _compile_ids = itertools.count()
 
 
-def compiled_decode_step(model, batch: int, max_len: int):
+def weights_version(model) -> int:
+    """A number that changes whenever a parameter of `model` is written in place (an optimizer step, a
+    load_state_dict, a copy_): the sum of the parameters' autograd version counters."""
+    return sum(p._version for p in model.parameters())
+
+
+def compiled_decode_step(model, batch: int, max_len: int, frozen: bool | None = None):
     """`_decode_step` compiled for `model` at (batch, max_len), made once and kept for as long as the model lives.
 
     torch.compile(dynamic=False), default mode on every device: inductor's C++ kernels on the CPU, Triton on CUDA,
     no CUDA graphs (mode="reduce-overhead" would re-record its graphs for every generate() call, whose cache is
     new each time; decode="graph" is the launch-overhead remover on CUDA). Each key gets a code object of its own,
     because dynamo keeps compiled graphs, guards and its recompile limit per code object: models and shapes then
-    never evict each other, and a step of a known shape hits its one graph. The parameters are graph inputs, not
-    constants, so trained weights are read as they are at each call."""
+    never evict each other, and a step of a known shape hits its one graph.
+
+    `frozen` (default: on the CPU) compiles with inductor's freezing: the weights become constants of the graph,
+    folded and packed for the CPU's GEMM libraries (oneDNN for bfloat16, MKL for float32) once, at compilation.
+    Freezing folds every static graph input, so the cache's tensors must not be marked static
+    (`unmark_static`; StaticDecodeStep does it). A frozen step is keyed by `weights_version` as well, so a model whose weights changed since (a training
+    step between two generate() calls) is compiled again, never run on stale weights; the stale step is dropped.
+    Unfrozen, the parameters are graph inputs, read as they are at each call."""
     p = next(model.parameters())
-    key = (batch, max_len, p.dtype, p.device)
+    if frozen is None:
+        frozen = p.device.type == "cpu"
+    shape = (batch, max_len, p.dtype, p.device, frozen)
+    key = shape + ((weights_version(model),) if frozen else ())
     steps = _compiled_steps.setdefault(model, {})
     if key not in steps:
+        _register_decode_sdpa()
+        for old in [k for k in steps if k[:len(shape)] == shape]:
+            del steps[old]  # a frozen step of older weights: its constants are the only copy it holds
         name = f"_decode_step_{next(_compile_ids)}"
         code = _decode_step.__code__.replace(co_name=name, co_qualname=name)
-        steps[key] = torch.compile(types.FunctionType(code, _decode_step.__globals__, name), dynamic=False)
+        fn = torch.compile(types.FunctionType(code, _decode_step.__globals__, name), dynamic=False)
+        steps[key] = functools.partial(_frozen_call, fn) if frozen else fn
     return steps[key]
+
+
+def _decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' "sdpa" attention, except that a one-token query of a grouped-query layer is folded onto the
+    key/value heads ([b, heads, 1, d] -> [b, kv heads, groups, d]) under torch.compile as well. transformers does
+    that fold only outside dynamo and under it repeats K and V per query head, a copy of the whole cache per layer
+    and step: the compiled decode step's time then grew with the context like no other mode's. Same arithmetic."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    groups = getattr(module, "num_key_value_groups", 1)
+    if (torch.compiler.is_compiling() and query.shape[2] == 1 and groups > 1 and kwargs.get("position_bias") is None
+            and kwargs.get("softcap") is None and (attention_mask is None or attention_mask.shape[1] == 1)):
+        b, h, _, d = query.shape
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query.reshape(b, h // groups, groups, d), key, value, attn_mask=attention_mask, dropout_p=dropout,
+            scale=scaling)
+        return out.reshape(b, h, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  is_causal=is_causal, **kwargs)
+
+
+def _register_decode_sdpa() -> None:
+    from transformers import AttentionInterface
+    AttentionInterface.register("sdpa", _decode_sdpa)  # transformers' documented override of an implementation
+
+
+def unmark_static(tensors) -> None:
+    """Undo torch._dynamo.mark_static_address on `tensors` (transformers marks its static KV buffers so that CUDA
+    graphs can keep their addresses). Inductor's freezing takes every static input for a constant and folds it
+    into the graph: a frozen step would then read the cache as it was at compilation."""
+    for t in tensors:
+        if hasattr(t, "_dynamo_static_input_type"):
+            del t._dynamo_static_input_type
+
+
+def _frozen_call(fn, *args):
+    # inductor reads `freezing` from its global config when it compiles (at a first call), not from
+    # torch.compile(options=...); patched for the call only, so other compilations are unaffected
+    with torch._inductor.config.patch(freezing=True):
+        return fn(*args)
 
 
 class StaticDecodeStep:
@@ -196,7 +257,12 @@ class StaticDecodeStep:
         self.graph = None
         self.logits = None
         self.tokens = None
-        self.compiled = compiled_decode_step(model, b, max_len) if compiled else None
+        self.compiled = None
+        if compiled:
+            frozen = dev.type == "cpu"
+            if frozen:  # the cache is state, not a weight (compiled_decode_step)
+                unmark_static(cache_tensors(cache))
+            self.compiled = compiled_decode_step(model, b, max_len, frozen=frozen)
         self.compile_seconds = 0.0
         if graph:
             self._capture()

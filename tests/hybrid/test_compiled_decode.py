@@ -91,3 +91,44 @@ def test_compiled_refuses_where_the_static_step_does_not_apply():
         generate(sliding, PROMPTS, GREEDY, decode="compiled")
     with pytest.raises(ValueError, match="prepack=True does not combine with decode='compiled'"):
         generate(tiny_teacher("llama", num_layers=2).eval(), PROMPTS, GREEDY, decode="compiled", prepack=True)
+
+
+def test_frozen_step_is_compiled_again_after_the_weights_change():
+    """On the CPU the compiled step freezes the weights into its graph: a training step between two generate()
+    calls (parameters written in place) must give the new weights' tokens, never the stale graph's."""
+    model = tiny_teacher("llama", num_layers=1).eval()
+    before = generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="compiled")
+    assert before.sequences == generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="eager").sequences
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)  # in place, as an optimizer writes
+    eager = generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="eager").sequences
+    assert eager != before.sequences  # the change is large enough to show in the tokens
+    after = generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="compiled")
+    assert after.compile_seconds > 0 and after.sequences == eager
+
+
+def test_compiled_one_token_attention_folds_groups_instead_of_repeating_the_cache(monkeypatch):
+    """Under torch.compile transformers' sdpa repeats K and V per query head (a copy of the cache per layer and
+    step); the decode step's attention folds the query heads onto the KV heads instead, as transformers itself
+    does outside dynamo, with the same result."""
+    import transformers.integrations.sdpa_attention as sdpa
+    from hybrid.generation import _decode_sdpa
+
+    class Layer(torch.nn.Module):
+        num_key_value_groups, is_causal = 3, True
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(s, generator=g) for s in ((2, 6, 1, 8), (2, 2, 20, 8), (2, 2, 20, 8)))
+    mask = torch.zeros(2, 1, 1, 20)
+    mask[1, ..., :5] = torch.finfo(torch.float32).min  # a left-padded row
+    want, _ = sdpa.sdpa_attention_forward(Layer(), q, k, v, mask, scaling=0.3)  # eager: transformers' own fold
+
+    def repeat_kv(*args):
+        raise AssertionError("K/V repeated per query head")
+    monkeypatch.setattr(sdpa, "repeat_kv", repeat_kv)
+    torch._dynamo.reset()
+    got, _ = torch.compile(lambda *a: _decode_sdpa(Layer(), *a, scaling=0.3), fullgraph=True)(q, k, v, mask)
+    assert got.shape == (2, 1, 6, 8)
+    assert_close(got, want, atol=1e-5, rtol=1e-5, what="folded one-token attention")
