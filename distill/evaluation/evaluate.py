@@ -222,7 +222,8 @@ class EngineSampler:
     """One model's sampler over a fixed list of problems: sampler(indices, seed) -> one completion per problem index,
     drawn as one batch through the decode engine (hybrid.generation.generate) with that seed. `tokens` counts the
     tokens generated so far. It returns decoded text, so only once the device has finished: a timer around the
-    call measures the work."""
+    call measures the work; `last_compile_seconds` is the part of the last call that compiled a decode step (once
+    per model and shape: hybrid.generation "compiled"), which the timers here leave out of a model's seconds."""
 
     def __init__(self, model, tok, problems, max_new_tokens: int = 256, temperature: float = 0.7,
                  top_p: float = 0.95):
@@ -234,6 +235,7 @@ class EngineSampler:
         self.pad, self.eos = pad_and_eos(model, tok)
         self.params = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         self.tokens = 0
+        self.last_compile_seconds = 0.0
 
     def __call__(self, indices: list[int], seed: int) -> list[str]:
         from hybrid.generation import SamplingParams, generate  # start-up time: the model side loads on use
@@ -241,7 +243,14 @@ class EngineSampler:
         res = generate(self.model, [self.prompts[i] for i in indices], SamplingParams(**self.params, seed=seed),
                        eos_token_id=self.eos, pad_token_id=self.pad)
         self.tokens += res.generated_tokens
+        self.last_compile_seconds = res.compile_seconds
         return [self.tok.decode(seq, skip_special_tokens=True) for seq in res.sequences]
+
+
+def _compile_seconds(sampler) -> float:
+    """Seconds of the sampler's last call spent compiling (its `last_compile_seconds`; 0 for a plain function):
+    a one-time cost per model and shape, not a cost per sample."""
+    return float(getattr(sampler, "last_compile_seconds", 0.0) or 0.0)
 
 
 def interleaved_draws(samplers: dict, samples: dict[str, int], batch_sizes: dict[str, int], problems: int,
@@ -252,7 +261,8 @@ def interleaved_draws(samplers: dict, samples: dict[str, int], batch_sizes: dict
 
     samplers[m](indices, seed) -> one completion per problem index. Model m's jobs are every problem samples[m]
     times, in problem order, cut into batches of batch_sizes[m]; its batch j is drawn with seed + j (reproducible).
-    Each call is timed with `clock` (default time.perf_counter). Returns (completions[m][problem] -> list,
+    Each call is timed with `clock` (default time.perf_counter), less the seconds it spent compiling
+    (`_compile_seconds`). Returns (completions[m][problem] -> list,
     batch_seconds[m] -> list, order: the model of each batch in the order drawn).
 
     Resuming: done[m][j] = (completions, seconds) of batches drawn before (DrawJournal) are taken as they are, not
@@ -277,7 +287,7 @@ def interleaved_draws(samplers: dict, samples: dict[str, int], batch_sizes: dict
             else:
                 t0 = clock()
                 comps = samplers[m](chunk, seed + j)
-                secs = clock() - t0
+                secs = clock() - t0 - _compile_seconds(samplers[m])
                 if on_batch:
                     on_batch(m, j, chunk, comps, secs)
             seconds[m].append(secs)
@@ -310,7 +320,7 @@ def best_batch_size(sampler, problems: int, candidates=(1, 4, 16, 32), seed: int
     for b in candidates:
         t0 = clock()
         sampler([i % problems for i in range(b)], seed)
-        per[b] = (clock() - t0) / b
+        per[b] = (clock() - t0 - _compile_seconds(sampler)) / b
     return {"seconds_per_sample_by_batch": per, "best_batch": min(per, key=per.get)}
 
 

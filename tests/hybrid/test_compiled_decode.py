@@ -132,3 +132,45 @@ def test_compiled_one_token_attention_folds_groups_instead_of_repeating_the_cach
     got, _ = torch.compile(lambda *a: _decode_sdpa(Layer(), *a, scaling=0.3), fullgraph=True)(q, k, v, mask)
     assert got.shape == (2, 1, 6, 8)
     assert_close(got, want, atol=1e-5, rtol=1e-5, what="folded one-token attention")
+
+
+def test_auto_compiles_long_generations_of_untrained_models_on_the_cpu():
+    from hybrid.generation import AUTO_COMPILE_MIN_NEW_TOKENS, resolve_decode
+    cpu = torch.device("cpu")
+    model = tiny_teacher("llama", num_layers=1).eval()
+    assert resolve_decode(model, "auto", cpu, AUTO_COMPILE_MIN_NEW_TOKENS) == "eager"  # trainable parameters
+    model.requires_grad_(False)
+    assert resolve_decode(model, "auto", cpu, AUTO_COMPILE_MIN_NEW_TOKENS) == "compiled"
+    assert resolve_decode(model, "auto", cpu, AUTO_COMPILE_MIN_NEW_TOKENS - 1) == "eager"
+    assert resolve_decode(model, "auto", cpu) == "eager"
+    sliding = tiny_teacher("mistral", num_layers=1).eval().requires_grad_(False)
+    assert resolve_decode(sliding, "auto", cpu, AUTO_COMPILE_MIN_NEW_TOKENS) == "eager"  # no static step
+
+
+def test_auto_falls_back_to_the_static_step_when_compilation_fails(monkeypatch):
+    import hybrid.generation as gen
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(gen, "AUTO_COMPILE_MIN_NEW_TOKENS", 4)
+    monkeypatch.setattr(gen, "compiled_decode_step", broken)
+    monkeypatch.setattr(gen, "_warned", set())  # the warning is once a process
+    model = tiny_teacher("llama", num_layers=1).eval().requires_grad_(False)
+    with pytest.warns(UserWarning, match="compilation of the decode step failed .*no C\\+\\+ compiler"):
+        out = generate(model, PROMPTS, GREEDY, eos_token_id=[])
+    assert out.decode_mode == "static"
+    assert out.sequences == generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="eager").sequences
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):  # asked for by name: the error is the user's
+        generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="compiled")
+
+
+def test_frozen_steps_per_model_are_capped_oldest_dropped_first(monkeypatch):
+    """Each frozen step holds its own copy of the weights: a model generating at many shapes keeps the latest
+    MAX_FROZEN_STEPS of them (no compilation here: torch.compile is replaced by the identity)."""
+    import hybrid.generation as gen
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    model = tiny_teacher("llama", num_layers=1).eval()
+    made = [gen.compiled_decode_step(model, 2, 64 * (i + 1), frozen=True) for i in range(gen.MAX_FROZEN_STEPS + 1)]
+    kept = gen._compiled_steps[model]
+    assert [k[1] for k in kept] == [64 * (i + 1) for i in range(1, gen.MAX_FROZEN_STEPS + 1)]
+    assert gen.compiled_decode_step(model, 2, 128, frozen=True) is made[1]  # a kept shape: found, not made again

@@ -404,3 +404,28 @@ def test_run_time_budget_with_tiny_models_end_to_end(tmp_path):
     assert r["reference"] == specs[0] and specs[1] in r["crossings"] and r["verdict"]
     for name in ("time_budget.json", "time_budget.png", "time_budget.md"):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_interleaved_draws_and_best_batch_leave_compilation_out_of_a_models_seconds():
+    """A sampler whose first call of a shape compiles a decode step (the engine's "compiled" mode) says so in
+    last_compile_seconds; those seconds are a one-time cost, not a cost per sample, and must not tilt the timing."""
+    from distill.evaluation.evaluate import best_batch_size, interleaved_draws
+    clock = FakeClock()
+
+    class Compiling:
+        def __init__(self, per_sample, compile_s):
+            self.per_sample, self.compile_s, self.shapes = per_sample, compile_s, set()
+            self.last_compile_seconds = 0.0
+
+        def __call__(self, indices, seed):
+            first = len(indices) not in self.shapes
+            self.shapes.add(len(indices))
+            self.last_compile_seconds = self.compile_s if first else 0.0
+            clock.t += self.last_compile_seconds + self.per_sample * len(indices)
+            return ["x"] * len(indices)
+
+    samplers = {"A": Compiling(0.5, 30.0), "B": Compiling(0.25, 40.0)}
+    _, seconds, _ = interleaved_draws(samplers, {"A": 4, "B": 4}, {"A": 2, "B": 2}, 2, clock=clock)
+    assert seconds["A"] == pytest.approx([1.0] * 4) and seconds["B"] == pytest.approx([0.5] * 4)
+    best = best_batch_size(Compiling(0.5, 30.0), 4, candidates=(1, 4), clock=clock)
+    assert best["seconds_per_sample_by_batch"] == pytest.approx({1: 0.5, 4: 0.5})
