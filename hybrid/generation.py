@@ -69,7 +69,7 @@ from transformers.cache_utils import Cache, StaticLayer
 from .attention import NAME as DOCS_ATTENTION
 from .cache import cache_layers, teacher_attention_kinds
 from .ops import backends
-from .prepack import prepacked_linears
+from .prepack import prepack_default, prepacked_linears
 
 DECODE_MODES = ("auto", "eager", "static", "graph", "compiled")
 # "compiled" rounds the cache length up to a multiple of this, so generate() calls whose prompt plus max_new_tokens
@@ -353,16 +353,12 @@ def resolve_decode(model, decode: str, dev: torch.device, max_new_tokens: int | 
     return decode
 
 
-def decode_prepack(mode: str, prepack: bool | None) -> bool | None:
-    """The prepack setting (hybrid.prepack) a call with decode step `mode` (resolved) runs with: unchanged, except
-    that the compiled step traces F.linear (dynamo cannot trace oneDNN's packed op), so it packs nothing and a
-    prepack=True asked for with it is a ValueError."""
-    if mode != "compiled":
-        return prepack
-    if prepack:
-        raise ValueError("prepack=True does not combine with decode='compiled' (dynamo cannot trace oneDNN's packed "
-                         "linear; the compiled step runs the GEMMs inductor emits)")
-    return False
+def decode_prepack(mode: str, prepack: bool | str | None) -> bool | str | None:
+    """The prepack setting (hybrid.prepack) the decode steps of a call with decode step `mode` (resolved) run with:
+    unchanged, except that the compiled step traces F.linear (dynamo cannot trace oneDNN's packed op; on the CPU
+    inductor packs the frozen weights itself), so it packs nothing; there `prepack` decides the prefill's packing
+    (generate)."""
+    return False if mode == "compiled" else prepack
 
 
 def sample_candidates(logits: torch.Tensor, p: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -461,8 +457,9 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
 
     decode: the decode step, "auto" | "eager" | "static" | "graph" | "compiled" (module docstring).
     prepack: run the CPU linear layers on oneDNN-packed weights for this call (hybrid.prepack; packing time is
-    counted in prefill_seconds); None: on the CPU unless HYBRID_PREPACK=0; off with decode="compiled"
-    (decode_prepack). "csrc" / "onednn": that packing (hybrid.prepack.packing_kind).
+    counted in prefill_seconds); None: on the CPU unless HYBRID_PREPACK=0. "csrc" / "onednn": that packing
+    (hybrid.prepack.packing_kind). With decode="compiled" it decides the prefill's packing only (oneDNN): the
+    compiled steps run inductor's own GEMMs (decode_prepack).
 
     timer: optional callable returning seconds (e.g. a synchronizing clock) for prefill / decode timing.
     on_step: optional callable(tokens [b] list[int], active [b] list[bool]) called after every sampled token
@@ -479,10 +476,14 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
     check_length(model, prompts, params.max_new_tokens)
     clock = timer or time.perf_counter
     t0 = clock()
-    prepack = decode_prepack(resolve_decode(model, decode, next(model.parameters()).device,
-                                            params.max_new_tokens), prepack)
+    mode = resolve_decode(model, decode, next(model.parameters()).device, params.max_new_tokens)
+    # the compiled step traces plain F.linear, but the prefill before it runs eagerly: packed as any prefill is
+    pack_prefill = mode == "compiled" and (prepack_default(next(model.parameters()).device) if prepack is None
+                                           else bool(prepack))
+    prepack = decode_prepack(mode, prepack)
     with prepacked_linears(model, prepack) as packed:
-        out = _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clock, t0, on_step, decode)
+        out = _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clock, t0, on_step, decode,
+                        pack_prefill)
     out.linear = packed.label
     return out
 
@@ -508,8 +509,10 @@ def _fixed_step(model, cache, prompt_mask, total: int, mode: str, decode: str):
         return StaticDecodeStep(model, cache, prompt_mask, total, graph=False), "static"
 
 
-def _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clock, t0, on_step, decode):
-    """generate's body; t0: the clock at entry (prefill_seconds counts from it, packing included)."""
+def _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clock, t0, on_step, decode,
+              pack_prefill=False):
+    """generate's body; t0: the clock at entry (prefill_seconds counts from it, packing included). pack_prefill:
+    the prefill alone runs on oneDNN-packed linears, unpacked again before any decode step."""
     params = params or SamplingParams()
     dev = next(model.parameters()).device
     if eos_token_id is None:
@@ -536,8 +539,9 @@ def _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clo
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)))
         gen.manual_seed(seed)
 
-    logits = model(input_ids=ids, attention_mask=mask[:, :L], position_ids=positions, cache=cache, use_cache=True,
-                   logits_to_keep=1).logits[:, -1]
+    with prepacked_linears(model, "onednn" if pack_prefill else False):  # oneDNN: the prefill's packing
+        logits = model(input_ids=ids, attention_mask=mask[:, :L], position_ids=positions, cache=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
     t1 = clock()
     out = torch.full((b, params.max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)

@@ -51,8 +51,8 @@ def _throughput_flags(bt) -> None:
     bt.add_argument("--decode", nargs="+", default=None, choices=["auto", "eager", "static", "graph", "compiled"],
                     help="run every model with each of these engine decode steps (graph: CUDA graphs, CUDA only; "
                          "compiled: the static step through torch.compile, compiled once per model, batch and cache "
-                         "length, compile time reported apart, linears unpacked); default auto alone (graph on CUDA "
-                         "where it applies)")
+                         "length, compile time reported apart, its steps on inductor's GEMMs, --prepack then sets its "
+                         "prefill's); default auto alone (graph on CUDA where it applies)")
     bt.add_argument("--prepack", nargs="+", default=None, choices=["on", "off", "csrc", "onednn"],
                     help="run every model with its CPU linear layers on packed weights (on: the csrc few-rows kernel "
                          "where it builds, else oneDNN; csrc or onednn: that one) and/or on F.linear (off), side by "

@@ -52,8 +52,7 @@ class ThroughputSettings:
     decode: engine decode steps to run every model with (e.g. ["eager", "graph"], "compiled": torch.compile);
     None: "auto" alone.
     prepack: engine linear settings to run every model with, "on" / "off" / "csrc" / "onednn" (hybrid.prepack);
-    None: the default
-    (off for the compiled step, which "on" does not combine with: that pair is reported skipped).
+    None: the default (with the compiled step, the setting of its prefill: its decode steps run inductor's own GEMMs).
     interleave: time the context rows of all models together, a step of each in turn (time_contexts_interleaved;
     every model stays loaded), instead of model after model.
     """
@@ -223,7 +222,8 @@ def time_hf(model, batch, prompt_len, gen_len, seed=0) -> dict:
 def time_context(model, batch, context, steps=8, seed=0, decode="auto", prepack=None) -> dict:
     """Time per output token at `context` tokens of cache, filled by a real prefill (median of `steps` steps),
     with the decode step `decode` (see hybrid.generation: eager, static, graph; auto picks as generate does) and
-    the linear layers as generate would run them (`prepack`, see hybrid.prepack; off for the compiled step)."""
+    the linear layers as generate would run them (`prepack`, see hybrid.prepack; off for the compiled step's
+    decode steps)."""
     dev = next(model.parameters()).device
     prepack = decode_prepack(resolve_decode(model, decode, dev), prepack)
     with prepacked_linears(model, prepack) as packed:
@@ -372,8 +372,7 @@ def _measure(run: _Run, s: ThroughputSettings, env: dict, rows: list, kept: dict
 
 def _passes(model, tok, label: str, decode: str, prepack, rows: list) -> bool:
     """Whether the model runs with `decode` (and `prepack`) here and passes the correctness gate; a row saying why
-    not otherwise (e.g. graph on a CPU, a sliding-window model, compiled with prepack on: said, and the others go
-    on)."""
+    not otherwise (e.g. graph on a CPU, a sliding-window model: said, and the others go on)."""
     try:
         decode_prepack(resolve_decode(model, decode, next(model.parameters()).device), prepack)
     except ValueError as e:

@@ -89,8 +89,6 @@ def test_compiled_refuses_where_the_static_step_does_not_apply():
     sliding = tiny_teacher("mistral", num_layers=2).eval()
     with pytest.raises(ValueError, match="decode='compiled' does not apply to this model: .*sliding-window"):
         generate(sliding, PROMPTS, GREEDY, decode="compiled")
-    with pytest.raises(ValueError, match="prepack=True does not combine with decode='compiled'"):
-        generate(tiny_teacher("llama", num_layers=2).eval(), PROMPTS, GREEDY, decode="compiled", prepack=True)
 
 
 def test_frozen_step_is_compiled_again_after_the_weights_change():
@@ -174,3 +172,27 @@ def test_frozen_steps_per_model_are_capped_oldest_dropped_first(monkeypatch):
     kept = gen._compiled_steps[model]
     assert [k[1] for k in kept] == [64 * (i + 1) for i in range(1, gen.MAX_FROZEN_STEPS + 1)]
     assert gen.compiled_decode_step(model, 2, 128, frozen=True) is made[1]  # a kept shape: found, not made again
+
+
+def test_compiled_generate_packs_the_prefill_only(monkeypatch):
+    """The compiled step traces plain F.linear; the eager prefill before it runs on oneDNN-packed linears (as any
+    prefill does), unpacked before the step is compiled; prepack=False packs nothing at all."""
+    import hybrid.generation as gen
+    seen = []
+    real = gen.prepacked_linears
+
+    def spy(model, enabled=None):
+        seen.append(enabled)
+        return real(model, enabled)
+    monkeypatch.setattr(gen, "prepacked_linears", spy)
+    monkeypatch.setattr(gen, "prepack_default", lambda device: True)
+    model = tiny_teacher("llama", num_layers=1).eval().requires_grad_(False)
+    out = generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="compiled")
+    assert seen == [False, "onednn"]  # the whole call unpacked, the prefill packed
+    assert out.sequences == generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="eager", prepack=False).sequences
+    seen.clear()
+    generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="compiled", prepack=False)
+    assert seen == [False, False]
+    seen.clear()  # prepack asked for by name: the prefill's, never the compiled step's
+    assert generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="compiled", prepack="onednn").sequences \
+        == out.sequences and seen == [False, "onednn"]
