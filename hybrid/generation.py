@@ -476,10 +476,10 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
     check_length(model, prompts, params.max_new_tokens)
     clock = timer or time.perf_counter
     t0 = clock()
-    mode = resolve_decode(model, decode, next(model.parameters()).device, params.max_new_tokens)
+    dev = next(model.parameters()).device
+    mode = resolve_decode(model, decode, dev, params.max_new_tokens)
     # the compiled step traces plain F.linear, but the prefill before it runs eagerly: packed as any prefill is
-    pack_prefill = mode == "compiled" and (prepack_default(next(model.parameters()).device) if prepack is None
-                                           else bool(prepack))
+    pack_prefill = mode == "compiled" and (prepack_default(dev) if prepack is None else bool(prepack))
     prepack = decode_prepack(mode, prepack)
     with prepacked_linears(model, prepack) as packed:
         out = _generate(model, prompts, params, eos_token_id, pad_token_id, tokenizer, clock, t0, on_step, decode,
