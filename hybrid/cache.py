@@ -83,8 +83,27 @@ def cache_layers(config, max_len: int | None = None, full_buffer: bool = False) 
     return layers
 
 
-class HybridCache(DynamicCache):
+class _SeqLengthFromKV:
+    """Tokens seen, counted by a KV layer. transformers (5.25 on) counts a LinearAttentionLayer's tokens by the
+    conv-state updates that pass through the cache, and the mixers here write their states in place: a mixer layer's
+    own count is stale after the first decode step (positions, hence RoPE, went wrong from the second step on a
+    model whose layer 0 is a mixer). The first attention layer answers for every mixer layer; none: 0."""
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        if layer_idx < len(self.layers) and isinstance(self.layers[layer_idx], LinearAttentionLayer):
+            layer_idx = next((i for i, layer in enumerate(self.layers)
+                              if not isinstance(layer, LinearAttentionLayer)), None)
+            if layer_idx is None:
+                return 0
+        return super().get_seq_length(layer_idx)
+
+
+class HybridCache(_SeqLengthFromKV, DynamicCache):
     """A DynamicCache whose layers follow the hybrid's layer_types."""
 
     def __init__(self, config):
         Cache.__init__(self, layers=cache_layers(config))
+
+
+class LayeredCache(_SeqLengthFromKV, Cache):
+    """A Cache of given layers (cache_layers) whose token count comes from its KV layers, as HybridCache's."""
