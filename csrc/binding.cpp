@@ -18,6 +18,7 @@ std::vector<torch::Tensor> mamba1_step_cpu(torch::Tensor x, torch::Tensor conv_s
 bool skinny_linear_supported(bool bf16);
 torch::Tensor skinny_pack_cpu(torch::Tensor w);
 torch::Tensor skinny_linear_cpu(torch::Tensor x, torch::Tensor packed, OptT bias, int64_t N);
+torch::Tensor decode_attention_cpu(torch::Tensor q, torch::Tensor k, torch::Tensor v, OptT mask, double scale);
 
 #ifdef WITH_CUDA
 torch::Tensor mamba2_step_cuda(torch::Tensor xBC, torch::Tensor conv_state, torch::Tensor conv_w, OptT conv_b,
@@ -42,6 +43,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether this build has the few-rows linear kernel for bfloat16 (true) or float32 (false)");
   m.def("skinny_pack_cpu", &skinny_pack_cpu, "pack a linear weight [N, K] into blocks of 16 output columns");
   m.def("skinny_linear_cpu", &skinny_linear_cpu, "y = x W^T + b for few rows of x, W packed by skinny_pack_cpu");
+  m.def("decode_attention_cpu", &decode_attention_cpu,
+        "one-token attention over a KV cache, query heads grouped per KV head; masked slots skipped");
 #ifdef WITH_CUDA
   m.def("mamba2_step_cuda", &mamba2_step_cuda, "the same step on CUDA tensors");
   m.def("ssd_scan_cuda", &ssd_scan_cuda, "the same scan on CUDA tensors");

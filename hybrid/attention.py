@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -72,6 +73,9 @@ def docs_attention_forward(module, query, key, value, attention_mask, dropout: f
     B, H, T, D = query.shape
     if attention_mask is not None or T == 1 or key.shape[2] != T or kwargs.get("position_bias") is not None \
             or (is_causal is False) or not getattr(module, "is_causal", True):
+        if T == 1:  # "sdpa" as registered now: a decode step may run on csrc's kernel (hybrid.generation)
+            return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
+                                                  scaling=scaling, is_causal=is_causal, **kwargs)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     spans = document_spans(kwargs.get("position_ids"), B, T)

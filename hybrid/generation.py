@@ -28,8 +28,9 @@ Decode step modes (`decode=`):
   Compiled once per (model, batch, cache length) and reused by later generate() calls of that shape (the cache
   length is rounded up to a multiple of COMPILE_LEN_BUCKET so that prompts of nearby lengths share one
   compilation); the compilation is timed apart (GenerationOutput.compile_seconds), not as decode time. Inside
-  the compiled region the mixers run their PyTorch decode step (hybrid.ops.backends "torch", fused by inductor:
-  the csrc kernels are opaque to dynamo and would split the graph at every mixer layer) and linear layers are
+  the compiled region the mixers run their PyTorch decode step (hybrid.ops.backends.traceable, fused by inductor:
+  the csrc kernels are opaque to dynamo and would split the graph at every mixer layer; the decode attention is a
+  custom op and stays csrc's) and linear layers are
   not packed by hybrid.prepack (dynamo cannot trace oneDNN's packed op), so prepack is off; on the CPU inductor
   freezes the weights into the graph and packs them itself (`compiled_decode_step`), and a model whose weights
   changed since is compiled again.
@@ -67,7 +68,7 @@ import torch
 from transformers.cache_utils import Cache, StaticLayer
 
 from .attention import NAME as DOCS_ATTENTION
-from .cache import cache_layers, teacher_attention_kinds
+from .cache import LayeredCache, cache_layers, teacher_attention_kinds
 from .ops import backends
 from .prepack import prepack_default, prepacked_linears
 
@@ -105,7 +106,7 @@ class SamplingParams:
 def static_cache(model, max_len: int, full_buffer: bool = False) -> Cache:
     """A preallocated cache for `model` (hybrid or plain transformers causal LM), max_len tokens per row;
     full_buffer: attention reads the whole buffer under a mask (the fixed-shape step), see cache_layers."""
-    return Cache(layers=cache_layers(model.config, max_len, full_buffer=full_buffer))
+    return LayeredCache(layers=cache_layers(model.config, max_len, full_buffer=full_buffer))
 
 
 def static_decode_unsupported(model) -> str | None:
@@ -200,14 +201,25 @@ def compiled_decode_step(model, batch: int, max_len: int, frozen: bool | None = 
 
 
 def _decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """transformers' "sdpa" attention, except that a one-token query of a grouped-query layer is folded onto the
-    key/value heads ([b, heads, 1, d] -> [b, kv heads, groups, d]) under torch.compile as well. transformers does
-    that fold only outside dynamo and under it repeats K and V per query head, a copy of the whole cache per layer
-    and step: the compiled decode step's time then grew with the context like no other mode's. Same arithmetic."""
+    """transformers' "sdpa" attention, except for a one-token query (a decode step):
+
+    - on the CPU, csrc's decode attention where it applies (`hybrid.ops.backends.decode_attention`: the cache is
+      streamed once, query heads grouped per key/value head, masked slots skipped; inside a compiled step as well);
+    - otherwise a grouped-query layer's query is folded onto the key/value heads ([b, heads, 1, d] -> [b, kv heads,
+      groups, d]) under torch.compile as well. transformers does that fold only outside dynamo and under it repeats
+      K and V per query head, a copy of the whole cache per layer and step: the compiled decode step's time then
+      grew with the context like no other mode's. Same arithmetic."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from .ops import backends
+    plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None and kwargs.get("s_aux") is None
+    if query.shape[2] == 1 and plain and not dropout:
+        out = backends.decode_attention(query, key, value, attention_mask, scaling)
+        if out is not None:
+            return out, None
     groups = getattr(module, "num_key_value_groups", 1)
-    if (torch.compiler.is_compiling() and query.shape[2] == 1 and groups > 1 and kwargs.get("position_bias") is None
-            and kwargs.get("softcap") is None and (attention_mask is None or attention_mask.shape[1] == 1)):
+    if (torch.compiler.is_compiling() and query.shape[2] == 1 and groups > 1 and plain
+            and (attention_mask is None or attention_mask.shape[1] == 1)):
         b, h, _, d = query.shape
         out = torch.nn.functional.scaled_dot_product_attention(
             query.reshape(b, h // groups, groups, d), key, value, attn_mask=attention_mask, dropout_p=dropout,
@@ -219,6 +231,10 @@ def _decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
 
 def _register_decode_sdpa() -> None:
     from transformers import AttentionInterface
+
+    from .ops import backends
+    if backends.kernel_choice() in ("auto", "csrc"):
+        backends.csrc_available()  # builds or loads csrc now: a compiled step cannot do it inside its graph
     AttentionInterface.register("sdpa", _decode_sdpa)  # transformers' documented override of an implementation
 
 
@@ -256,6 +272,7 @@ class StaticDecodeStep:
         import time
         if graph and compiled:
             raise ValueError("a decode step is either captured in a CUDA graph or compiled, not both")
+        _register_decode_sdpa()
         dev = prompt_mask.device
         b = prompt_mask.shape[0]
         dtype = next(model.parameters()).dtype
@@ -283,7 +300,7 @@ class StaticDecodeStep:
 
     def _forward(self) -> torch.Tensor:
         if self.compiled is not None:
-            with backends.use("torch"):  # the mixers' traceable decode step (module docstring)
+            with backends.traceable():  # the mixers' traceable decode step (module docstring)
                 logits, self.tokens = self.compiled(self.model, self.ids, self.pos, self.mask, self.cache)
             return logits
         return self.model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.pos, cache=self.cache,
@@ -476,6 +493,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | None = No
     check_length(model, prompts, params.max_new_tokens)
     clock = timer or time.perf_counter
     t0 = clock()
+    _register_decode_sdpa()  # one-token attention on csrc's decode kernel where it applies (_decode_sdpa)
     dev = next(model.parameters()).device
     mode = resolve_decode(model, decode, dev, params.max_new_tokens)
     # the compiled step traces plain F.linear, but the prefill before it runs eagerly: packed as any prefill is

@@ -45,7 +45,8 @@ def _throughput_flags(bt) -> None:
     bt.add_argument("--context-steps", type=positive, default=8)
     bt.add_argument("--no-hf", action="store_true", help="skip the HF generate() baseline")
     bt.add_argument("--kernels", nargs="+", default=None, choices=["torch", "csrc", "mamba_ssm", "auto"],
-                    help="run every hybrid under each kernel backend (hybrid.ops.backends.use), side by side")
+                    help="run every model under each kernel backend (hybrid.ops.backends.use: mixer kernels and "
+                         "one-token attention), side by side")
     bt.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="load every model in this dtype (default: as stored)")
     bt.add_argument("--decode", nargs="+", default=None, choices=["auto", "eager", "static", "graph", "compiled"],

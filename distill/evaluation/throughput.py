@@ -32,7 +32,6 @@ import torch
 import transformers
 from transformers import GenerationMixin
 
-from hybrid.checkpoints import is_hybrid_dir
 from hybrid.generation import (SamplingParams, StaticDecodeStep, decode_prepack, generate, resolve_decode,
                                static_cache)
 from hybrid.ops import backends
@@ -46,8 +45,8 @@ from ..loading import load_model
 class ThroughputSettings:
     """What one `bench throughput` run measures; the CLI and the pipeline's bench stage each build one.
 
-    kernels: backend settings to run every hybrid under, side by side (e.g. ["torch", "csrc"], see
-    hybrid.ops.backends.use); None: as configured.
+    kernels: backend settings to run every model under, side by side (e.g. ["torch", "csrc"], see
+    hybrid.ops.backends.use: the mixers' kernels, and every model's one-token attention); None: as configured.
     dtype: load every model in this dtype (e.g. "bfloat16"); None: as stored.
     decode: engine decode steps to run every model with (e.g. ["eager", "graph"], "compiled": torch.compile);
     None: "auto" alone.
@@ -321,16 +320,13 @@ def run_throughput(settings: ThroughputSettings) -> dict:
 
 
 def _runs(s: ThroughputSettings) -> list[_Run]:
-    """Every (model, setting) pair to time; kernel settings apply to hybrids only (a plain model has no mixer)."""
+    """Every (model, setting) pair to time; kernel settings apply to every model (a plain model's decode attention
+    runs on csrc's kernel too)."""
     runs = []
     for spec in s.models:
-        ks = s.kernels if s.kernels and ("@" in spec or _is_hybrid_path(spec)) else [None]
+        ks = s.kernels or [None]
         runs += [_Run(spec, k, d, p) for k in ks for d in (s.decode or [None]) for p in (s.prepack or [None])]
     return runs
-
-
-def _is_hybrid_path(spec: str) -> bool:
-    return os.path.isdir(spec) and is_hybrid_dir(spec)
 
 
 def _environment(dtype: str | None) -> dict:

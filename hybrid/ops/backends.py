@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from typing import Optional
 
 import torch
 from einops import rearrange
@@ -100,14 +101,32 @@ def active_backend(device: torch.device | str = "cpu") -> str:
     return "csrc" if csrc_available() else "torch"
 
 
+_traceable: list[bool] = []
+
+
+@contextlib.contextmanager
+def traceable():
+    """A block traced by torch.compile: csrc kernels that torch.compile cannot see into (pybind calls, which would
+    split the graph) are skipped for the PyTorch path, and those wrapped as torch.library custom ops (the decode
+    attention) still run, inside the graph. The backend choice in force still applies ("torch" skips them all)."""
+    _traceable.append(True)
+    try:
+        yield
+    finally:
+        _traceable.pop()
+
+
 def _no_grad_needed(*tensors) -> bool:
     return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
 
 
-def _csrc_fn(name: str, tensor: torch.Tensor, *others):
+def _csrc_fn(name: str, tensor: torch.Tensor, *others, custom_op: bool = False):
     """The csrc kernel `name`_{cpu,cuda} for tensor's device when csrc is selected, built and no grad is needed
-    (the kernels have no backward): the one gate every csrc op passes."""
+    (the kernels have no backward): the one gate every csrc op passes. custom_op: the caller runs it through a
+    torch.library custom op under torch.compile (allowed inside `traceable`)."""
     if tensor.device.type not in ("cpu", "cuda") or not _no_grad_needed(tensor, *others):
+        return None
+    if _traceable and not custom_op:
         return None
     if kernel_choice() == "mamba_ssm" or not csrc_available():
         return None
@@ -204,3 +223,59 @@ def conv1d(x, weight, bias=None, initial_state=None, seq_idx=None, activation=No
 conv1d_update = causal_conv1d_update
 ssd_update = ssd_step
 selective_update = selective_state_step
+
+
+@torch.library.custom_op("hybrid::decode_attention", mutates_args=())
+def _decode_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                         scale: float) -> torch.Tensor:
+    """csrc's decode attention as a torch.library custom op, so that torch.compile calls it from inside the graph
+    (an opaque pybind call would break the graph)."""
+    from . import csrc
+    return csrc.extension().decode_attention_cpu(q, k, v, mask, scale)
+
+
+@_decode_attention_op.register_fake
+def _(q, k, v, mask, scale):
+    return q.new_empty(q.shape)
+
+
+def decode_attention(query, key, value, attention_mask=None, scale=None):
+    """Attention of a one-token query over a KV cache by csrc/cpu/decode_attention.cpp when it applies (CPU, csrc
+    built and selected, no gradient needed, float32 or bfloat16, equal key and value shapes), else None.
+
+    query [b, H, 1, D]; key, value [b, Hkv, T, D] with H a multiple of Hkv (grouped-query heads are folded onto
+    their key/value head, never repeated); attention_mask None, additive, or boolean (True: attend) of shape
+    [b or 1, 1, 1, >= T]. Returns [b, 1, H, D], as transformers' attention forwards do. Slots whose additive mask is
+    below -1e30 are skipped (their weight is 0 anyway)."""
+    if query.dim() != 4 or query.shape[2] != 1 or key.shape != value.shape or key.dim() != 4:
+        return None
+    b, h, _, d = query.shape
+    kv_heads, t = key.shape[1], key.shape[2]
+    if h % kv_heads or key.shape[0] != b or key.shape[3] != d or t == 0:
+        return None
+    if not (query.dtype == key.dtype == value.dtype) or query.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    if key.stride(-1) != 1 or value.stride(-1) != 1:
+        return None
+    if torch.compiler.is_compiling():
+        from . import csrc
+        if "module" not in csrc._state:  # not built or loaded yet: that cannot happen inside a traced graph
+            return None
+    fn = _csrc_fn("decode_attention", query, key, value, custom_op=True)
+    if fn is None:
+        return None
+    mask = None
+    if attention_mask is not None:
+        m = attention_mask
+        if m.dim() != 4 or m.shape[1] != 1 or m.shape[2] != 1 or m.shape[-1] < t or m.shape[0] not in (1, b):
+            return None
+        m = m[:, 0, 0, :t].expand(b, t)
+        mask = torch.zeros(m.shape, dtype=query.dtype, device=m.device).masked_fill(~m, float("-inf")) \
+            if m.dtype == torch.bool else m
+    q = query.reshape(b, kv_heads, h // kv_heads, d)
+    scale = float(d ** -0.5 if scale is None else scale)
+    if torch.compiler.is_compiling():
+        out = _decode_attention_op(q, key, value, mask, scale)
+    else:
+        out = fn(q, key, value, mask, scale)
+    return out.reshape(b, 1, h, d)

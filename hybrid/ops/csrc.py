@@ -22,7 +22,7 @@ def _sources_dir() -> str:
 
 CSRC = _sources_dir()
 SOURCES = ["binding.cpp", "cpu/mamba2_step.cpp", "cpu/ssd_scan.cpp", "cpu/conv1d.cpp", "cpu/mamba1_step.cpp",
-           "cpu/skinny_linear.cpp"]
+           "cpu/skinny_linear.cpp", "cpu/decode_attention.cpp"]
 CUDA_SOURCES = ["cuda/mamba2_step.cu", "cuda/mamba2_step_torch.cpp", "cuda/ssd_scan.cu", "cuda/conv1d.cu",
                 "cuda/mamba1_step.cu", "cuda/scan_ops_torch.cpp"]  # only when torch has CUDA
 _state: dict = {}
