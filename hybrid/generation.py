@@ -28,10 +28,10 @@ Decode step modes (`decode=`):
   Compiled once per (model, batch, cache length) and reused by later generate() calls of that shape (the cache
   length is rounded up to a multiple of COMPILE_LEN_BUCKET so that prompts of nearby lengths share one
   compilation); the compilation is timed apart (GenerationOutput.compile_seconds), not as decode time. Inside
-  the compiled region the mixers run their PyTorch decode step (hybrid.ops.backends.traceable, fused by inductor:
-  the csrc kernels are opaque to dynamo and would split the graph at every mixer layer; the decode attention is a
-  custom op and stays csrc's) and linear layers are
-  not packed by hybrid.prepack (dynamo cannot trace oneDNN's packed op), so prepack is off; on the CPU inductor
+  the compiled region the csrc kernels that are torch.library custom ops (the decode attention, the Mamba2 step)
+  still run, and the rest of the mixers run their PyTorch decode step, fused by inductor (pybind kernels are
+  opaque to dynamo and would split the graph at every mixer layer; hybrid.ops.backends.traceable). Linear layers
+  are not packed by hybrid.prepack (dynamo cannot trace oneDNN's packed op), so prepack is off; on the CPU inductor
   freezes the weights into the graph and packs them itself (`compiled_decode_step`), and a model whose weights
   changed since is compiled again.
   Tokens equal "static" up to float rounding (another summation order);

@@ -21,6 +21,8 @@ def add_parser(subparsers) -> None:
     bo.add_argument("--reps", type=positive, default=20)
     bo.add_argument("--scan-len", type=positive, default=2048, help="sequence length of the prefill ops")
     bo.add_argument("--scan-batch", nargs="+", type=positive, default=[1, 4], help="batches of the prefill ops")
+    bo.add_argument("--attention-len", nargs="*", type=positive, default=[128, 512, 2048],
+                    help="KV cache lengths of the decode attention rows (batch 16, float32 and bfloat16)")
     bo.add_argument("--out", default=None)
     out_flags(bo)
     bo.set_defaults(func=main)
@@ -96,10 +98,12 @@ def _ops(args) -> int:
     from ..evaluation.kernels import run_ops
 
     if not args.out:
-        run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch)
+        run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch,
+                attention_lens=args.attention_len)
         return 0
     with claim(args, args.out):
-        run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch)
+        run_ops(args.batch, args.reps, args.out, scan_len=args.scan_len, scan_batches=args.scan_batch,
+                attention_lens=args.attention_len)
     return 0
 
 

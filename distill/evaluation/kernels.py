@@ -66,9 +66,10 @@ def _compare(rows, op, shape, batch, ref, fast, reps, atol=1e-4, **extra):
 
 
 def run_ops(batches=(1, 16, 64), reps: int = 20, out_dir: str | None = None, scan_len: int = 2048,
-            scan_batches=(1, 4)) -> list[dict]:
+            scan_batches=(1, 4), attention_lens=(), attention_batch: int = 16) -> list[dict]:
     """The project's kernels (csrc) against their PyTorch twins at real mixer shapes: the fused Mamba2 and Mamba1
-    decode steps at `batches`, and the prefill ops (Mamba2 scan, causal conv1d) at T = scan_len, `scan_batches`."""
+    decode steps at `batches`, the prefill ops (Mamba2 scan, causal conv1d) at T = scan_len, `scan_batches`, and
+    the decode attention at cache lengths `attention_lens` (batch `attention_batch`, float32 and bfloat16)."""
     ext = csrc.extension()
     print("environment:", json.dumps({**environment(), "csrc_built": ext is not None,
                                       "backend": backends.active_backend()}))
@@ -83,6 +84,9 @@ def run_ops(batches=(1, 16, 64), reps: int = 20, out_dir: str | None = None, sca
             _compare_mamba1_step(rows, ext, name, shape, b, reps, g)
         for b in scan_batches:
             _compare_prefill(rows, ext, name, shape, b, scan_len, reps)
+        for T in attention_lens:
+            for dtype in (torch.float32, torch.bfloat16):
+                _compare_decode_attention(rows, ext, name, shape, attention_batch, T, dtype, reps)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "ops.json"), "w") as f:
@@ -152,6 +156,43 @@ def _compare_prefill(rows, ext, name, shape, b, T, reps) -> None:
     xc, wc, bc = torch.randn(b, T, C, generator=g), torch.randn(C, K, generator=g), torch.randn(C, generator=g)
     _compare(rows, "conv1d_prefill", name, b, lambda: causal_conv1d(xc, wc, bc, activation="silu"),
              lambda: ext.causal_conv1d_cpu(xc, wc, bc, None, None, True), max(2, reps // 5), T=T)
+
+
+ATTENTION_POOL_BYTES = 1 << 30  # KV read per timed call: more than this machine's caches hold
+
+
+def _compare_decode_attention(rows, ext, name, shape, b, T, dtype, reps) -> None:
+    """One-token attention over a KV cache of T slots (the last 8 masked, as a static cache's empty tail), query
+    heads folded onto the KV heads: torch's scaled_dot_product_attention (what the static decode step runs) against
+    csrc's kernel. A timed call reads a pool of layers' caches (ATTENTION_POOL_BYTES in all) once each, from memory
+    as a decode step does; times are per layer."""
+    (H, kv, P) = shape
+    g = torch.Generator().manual_seed(2)
+    layer_bytes = 2 * b * kv * T * P * torch.finfo(dtype).bits // 8
+    layers = max(1, ATTENTION_POOL_BYTES // layer_bytes)
+    q = torch.randn(b, kv, H // kv, P, generator=g).to(dtype)
+    pool = [(torch.randn(b, kv, T, P, generator=g).to(dtype), torch.randn(b, kv, T, P, generator=g).to(dtype))
+            for _ in range(layers)]
+    mask = torch.zeros(b, 1, 1, T, dtype=dtype)
+    mask[..., T - 8:] = torch.finfo(dtype).min
+    scale = P ** -0.5
+
+    def ref(caches=pool):
+        return [F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale) for k, v in caches][0]
+
+    def fast(caches=pool):
+        return [ext.decode_attention_cpu(q, k, v, mask[:, 0, 0], scale) for k, v in caches][0]
+
+    a, c = ref(pool[:1]), fast(pool[:1])
+    ok = torch.allclose(a.float(), c.float(), atol=2e-2 if dtype == torch.bfloat16 else 1e-4, rtol=1e-2)
+    row = {"op": "decode_attention", "shape": name, "batch": b, "T": T, "dtype": str(dtype).replace("torch.", ""),
+           "layers": layers, "gate": "pass" if ok else "FAIL"}
+    if ok:
+        t_ref, t_fast = _time(ref, max(2, reps // 4)) / layers, _time(fast, max(2, reps // 4)) / layers
+        row.update({"torch_us": 1e6 * t_ref, "csrc_us": 1e6 * t_fast, "speedup": t_ref / t_fast,
+                    "csrc_GBps": layer_bytes / t_fast / 1e9})
+    rows.append(row)
+    print(json.dumps(row))
 
 
 def run_linears(rows: int = 16, reps: int = 40, dtype: str = "float32", cold_bytes: int = 256 << 20) -> list[dict]:

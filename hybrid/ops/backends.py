@@ -132,7 +132,7 @@ def _csrc_fn(name: str, tensor: torch.Tensor, *others, custom_op: bool = False):
         return None
     from . import csrc
     fn = getattr(csrc.extension(), f"{name}_{tensor.device.type}", None)
-    if fn is not None and name not in _logged:
+    if not torch.compiler.is_compiling() and fn is not None and name not in _logged:  # (logging breaks a graph)
         _logged.add(name)
         logger.info("%s: csrc kernel (%s)", name, tensor.device.type)
     return fn
@@ -157,11 +157,39 @@ def fused_mamba2_step(xBC, conv_state, conv_w, conv_b, dt, dt_bias, A, D, ssm_st
     xBC [b, C] pre-conv; conv_state [b, C, K] and ssm_state [b, H, P, N] (fp32) are advanced in place.
     Returns y [b, H, P] (before the gated norm).
     """
-    fn = _csrc_fn("mamba2_step", xBC, conv_w, conv_b, dt, dt_bias, A, D)
+    compiling = torch.compiler.is_compiling()
+    if compiling and not _custom_op_ready(xBC):
+        return None
+    fn = _csrc_fn("mamba2_step", xBC, conv_w, conv_b, dt, dt_bias, A, D, custom_op=True)
     if fn is None or not (xBC.dtype == conv_state.dtype == conv_w.dtype == dt.dtype):  # e.g. autocast: torch path
         return None
-    return fn(xBC.contiguous(), conv_state, conv_w.contiguous(), conv_b, dt.contiguous(), dt_bias, A, D, ssm_state,
-              n_kv, d_xb)
+    args = (xBC.contiguous(), conv_state, conv_w.contiguous(), conv_b, dt.contiguous(), dt_bias, A, D, ssm_state,
+            n_kv, d_xb)
+    return _mamba2_step_op(*args) if compiling else fn(*args)
+
+
+@torch.library.custom_op("hybrid::mamba2_step", mutates_args=("conv_state", "ssm_state"))
+def _mamba2_step_op(xBC: torch.Tensor, conv_state: torch.Tensor, conv_w: torch.Tensor, conv_b: Optional[torch.Tensor],
+                    dt: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor, ssm_state: torch.Tensor,
+                    n_kv: int, d_xb: int) -> torch.Tensor:
+    """csrc's fused Mamba2 decode step (CPU) as a custom op that advances its two states in place, for a compiled
+    decode step (`traceable`)."""
+    from . import csrc
+    return csrc.extension().mamba2_step_cpu(xBC, conv_state, conv_w, conv_b, dt, dt_bias, A, D, ssm_state, n_kv,
+                                            d_xb)
+
+
+@_mamba2_step_op.register_fake
+def _(xBC, conv_state, conv_w, conv_b, dt, dt_bias, A, D, ssm_state, n_kv, d_xb):
+    b, heads, head_dim, _ = ssm_state.shape
+    return xBC.new_empty((b, heads, head_dim))
+
+
+def _custom_op_ready(tensor: torch.Tensor) -> bool:
+    """Inside a traced graph, a csrc custom op runs only on the CPU (the ops wrap the CPU kernels) and only once the
+    extension is loaded (building or loading it cannot happen inside a graph)."""
+    from . import csrc
+    return tensor.device.type == "cpu" and "module" in csrc._state
 
 
 def fused_mamba1_step(x, conv_state, conv_w, conv_b, delta, A, B, C, D, ssm_state):
@@ -257,10 +285,8 @@ def decode_attention(query, key, value, attention_mask=None, scale=None):
         return None
     if key.stride(-1) != 1 or value.stride(-1) != 1:
         return None
-    if torch.compiler.is_compiling():
-        from . import csrc
-        if "module" not in csrc._state:  # not built or loaded yet: that cannot happen inside a traced graph
-            return None
+    if torch.compiler.is_compiling() and not _custom_op_ready(query):
+        return None
     fn = _csrc_fn("decode_attention", query, key, value, custom_op=True)
     if fn is None:
         return None

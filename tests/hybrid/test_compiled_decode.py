@@ -56,6 +56,44 @@ def test_compiled_sampling_draws_what_the_static_step_draws(compiled):
     assert ours.sequences == generate(model, PROMPTS, p, eos_token_id=[], decode="static").sequences
 
 
+@pytest.mark.parametrize("mixer", [None, "mamba2", "mamba"])
+def test_compiled_step_runs_the_csrc_custom_ops_inside_its_graph(mixer, monkeypatch):
+    """With sdpa attention (the tiny models above run eager attention), the decode attention and the fused Mamba2
+    step are torch.library custom ops: the compiled step, still one graph without a break, calls csrc's kernels at
+    every step and gives the eager tokens; the pybind-only Mamba1 step stays on the traced torch path."""
+    from hybrid.ops import csrc
+    ext = csrc.extension()
+    if ext is None:
+        pytest.skip("csrc did not build here")
+    model = tiny_teacher("llama", num_layers=2) if mixer is None else tiny_hybrid("llama", mixer=mixer, num_layers=2)
+    model.set_attn_implementation("sdpa")
+    model.eval()
+    eager = generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="eager").sequences
+    calls = {}
+
+    class Counting:
+        def __getattr__(self, name):
+            fn = getattr(ext, name)
+
+            def counted(*args):
+                calls[name] = calls.get(name, 0) + 1
+                return fn(*args)
+            return counted
+
+    monkeypatch.setitem(csrc._state, "module", Counting())
+    graphs, breaks = _graphs()
+    out = generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="compiled")
+    assert _graphs()[1] == breaks and _graphs()[0] == graphs + 1
+    assert out.sequences == eager
+    calls.clear()  # the compiling step above may have run an op more than once
+    with torch.compiler.set_stance("fail_on_recompile"):
+        assert generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="compiled").sequences == eager
+    steps = GREEDY.max_new_tokens  # the first token comes from the prefill; plus StaticDecodeStep's warm-up step
+    types = model.config.layer_types if mixer else ["attention"] * 2
+    assert calls.get("decode_attention_cpu", 0) == steps * types.count("attention")
+    assert calls.get("mamba2_step_cpu", 0) == steps * types.count("mamba2")
+
+
 @torch.no_grad()
 def test_compiled_step_logits_equal_the_eager_steps(compiled):
     """Step by step from the same cache: the compiled step's logits against the uncompiled static step's, fed the
