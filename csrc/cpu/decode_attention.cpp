@@ -154,9 +154,11 @@ void values_avx512(const float* p, int64_t G, const scalar_t* v, int64_t st, con
       for (int c = 0; c < NC; ++c) _mm512_storeu_ps(out + (g0 + g) * 16 * NC + 16 * c, acc[g][c]);
   }
 }
-// The vectorised scores for head dims 16, 32, 64, 128 (false: use scores_generic). qf: q as float32 [G, D].
-inline bool score_keys(const float* /*q*/, int64_t /*qg*/, const float* qf, int64_t G, int64_t D, const float* k,
-                       int64_t st, const int64_t* idx, const float* m, int64_t n, float scale, float* s) {
+
+// The vectorised scores from float32 queries qf [G, D] for head dims 16, 32, 64, 128 (false: use scores_generic)
+template <typename scalar_t>
+bool score_keys_f32(const float* qf, int64_t G, int64_t D, const scalar_t* k, int64_t st, const int64_t* idx,
+                    const float* m, int64_t n, float scale, float* s) {
   switch (D) {
     case 16: scores_avx512<1>(qf, D, G, k, st, idx, m, n, scale, s); return true;
     case 32: scores_avx512<2>(qf, D, G, k, st, idx, m, n, scale, s); return true;
@@ -166,11 +168,17 @@ inline bool score_keys(const float* /*q*/, int64_t /*qg*/, const float* qf, int6
   }
 }
 
+inline bool score_keys(const float* /*q*/, int64_t /*qg*/, const float* qf, int64_t G, int64_t D, const float* k,
+                       int64_t st, const int64_t* idx, const float* m, int64_t n, float scale, float* s) {
+  return score_keys_f32(qf, G, D, k, st, idx, m, n, scale, s);
+}
+
+// bfloat16: q's rows (row stride qg) as bfloat16 vectors, read as they are, where AVX512-BF16 is there
 inline bool score_keys(const at::BFloat16* q, int64_t qg, const float* qf, int64_t G, int64_t D,
                        const at::BFloat16* k, int64_t st, const int64_t* idx, const float* m, int64_t n, float scale,
                        float* s) {
 #if defined(__AVX512BF16__)
-  if (D == 32 || D == 64 || D == 128) {  // q's rows as bfloat16 vectors, read as they are (no rounding)
+  if (D == 32 || D == 64 || D == 128) {
     const int64_t nc = D / 32;
     std::vector<__m512bh> qb(G * nc);
     for (int64_t g = 0; g < G; ++g)
@@ -185,13 +193,7 @@ inline bool score_keys(const at::BFloat16* q, int64_t qg, const float* qf, int64
   (void)q;
   (void)qg;
 #endif
-  switch (D) {
-    case 16: scores_avx512<1>(qf, D, G, k, st, idx, m, n, scale, s); return true;
-    case 32: scores_avx512<2>(qf, D, G, k, st, idx, m, n, scale, s); return true;
-    case 64: scores_avx512<4>(qf, D, G, k, st, idx, m, n, scale, s); return true;
-    case 128: scores_avx512<8>(qf, D, G, k, st, idx, m, n, scale, s); return true;
-    default: return false;
-  }
+  return score_keys_f32(qf, G, D, k, st, idx, m, n, scale, s);
 }
 #endif
 
