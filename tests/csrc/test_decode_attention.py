@@ -131,3 +131,62 @@ def test_runs_inside_a_compiled_graph():
     torch._dynamo.reset()
     got = torch.compile(step, fullgraph=True, dynamic=False)(q, k, v, mask)
     assert torch.equal(got, want * 2)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "mistral"])
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_generation_on_the_kernel_equals_generation_on_torch_sdpa(family, decode, monkeypatch):
+    """Models with sdpa attention (qwen3: head dim 24, the kernel's generic path; mistral: a 16-token sliding
+    window, past by the end) generate through csrc's decode attention the tokens that transformers' own sdpa gives
+    (backend "torch"), with left-padded prompts; the kernel ran at every step."""
+    from helpers import tiny_teacher
+
+    from hybrid.generation import SamplingParams, generate
+    from hybrid.ops import csrc
+    model = tiny_teacher(family, num_layers=2)
+    model.set_attn_implementation("sdpa")
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]
+    params = SamplingParams(max_new_tokens=14)
+    if decode == "static" and family == "mistral":
+        pytest.skip("the static step needs full attention layers")
+    with backends.use("torch"):
+        want = generate(model, prompts, params, eos_token_id=[], decode=decode)
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(ext, name)
+
+    monkeypatch.setitem(csrc._state, "module", Counting())
+    got = generate(model, prompts, params, eos_token_id=[], decode=decode)
+    assert got.sequences == want.sequences
+    assert calls.count("decode_attention_cpu") == (params.max_new_tokens - 1) * 2  # every step, both layers
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "mistral"])
+@torch.no_grad()
+def test_cached_steps_on_the_kernel_give_transformers_logits(family, monkeypatch):
+    """Step by step on a transformers cache (past the sliding window for mistral): the logits of every one-token
+    step through csrc's decode attention equal those through transformers' sdpa."""
+    from helpers import tiny_teacher
+    from transformers import DynamicCache
+
+    from hybrid.generation import _register_decode_sdpa
+    _register_decode_sdpa()
+    model = tiny_teacher(family, num_layers=2)
+    model.set_attn_implementation("sdpa")
+    ids = torch.randint(3, 97, (2, 24), generator=torch.Generator().manual_seed(4))
+
+    def steps():
+        cache = DynamicCache(config=model.config)
+        out = [model(ids[:, :5], cache=cache, use_cache=True).logits[:, -1]]
+        out += [model(ids[:, t:t + 1], cache=cache, use_cache=True).logits[:, -1] for t in range(5, 24)]
+        return torch.stack(out, 1)
+
+    with backends.use("torch"):
+        want = steps()
+    ran, real = [], backends.decode_attention
+    monkeypatch.setattr(backends, "decode_attention", lambda *a: ran.append(real(*a) is not None) or real(*a))
+    assert_close(steps(), want, atol=1e-5, rtol=1e-5, what=f"{family} logits")
+    assert ran == [True] * 19 * 2  # 19 one-token steps, 2 layers, each on the kernel
