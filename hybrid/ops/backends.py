@@ -108,7 +108,7 @@ _traceable: list[bool] = []
 def traceable():
     """A block traced by torch.compile: csrc kernels that torch.compile cannot see into (pybind calls, which would
     split the graph) are skipped for the PyTorch path, and those wrapped as torch.library custom ops (the decode
-    attention) still run, inside the graph. The backend choice in force still applies ("torch" skips them all)."""
+    attention, the fused Mamba2 step) still run, inside the graph. The backend choice in force still applies ("torch" skips them all)."""
     _traceable.append(True)
     try:
         yield
