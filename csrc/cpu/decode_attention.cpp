@@ -54,7 +54,7 @@ inline void prefetch_row(const scalar_t* p, int64_t D) {  // every cache line of
 
 // fast_exp (fast_math.h) on 16 lanes: 2^round(x log2 e) * 2^f by scalef, f in [-0.5, 0.5] by the same polynomial
 inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);  // this operand order keeps a NaN in x (max_ps returns its second)
   const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
   const __m512 fi = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, fi);
@@ -229,7 +229,10 @@ inline void softmax_row(float* s, int64_t n) {
   __m512 mx = _mm512_set1_ps(-INFINITY);
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + i));
-  if (i < n) mx = _mm512_mask_max_ps(mx, (__mmask16)((1u << (n - i)) - 1), mx, _mm512_loadu_ps(s + i));
+  if (i < n) {
+    const __mmask16 live = (__mmask16)((1u << (n - i)) - 1);
+    mx = _mm512_mask_max_ps(mx, live, mx, _mm512_maskz_loadu_ps(live, s + i));
+  }
   const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
   __m512 sum = _mm512_setzero_ps();
   for (i = 0; i < n; i += 16) {

@@ -295,10 +295,13 @@ def decode_attention(query, key, value, attention_mask=None, scale=None):
         m = attention_mask
         if m.dim() != 4 or m.shape[1] != 1 or m.shape[2] != 1 or m.shape[-1] < t or m.shape[0] not in (1, b):
             return None
+        if m.dtype != torch.bool and not m.dtype.is_floating_point:
+            return None
         m = m[:, 0, 0, :t].expand(b, t)
         mask = torch.zeros(m.shape, dtype=query.dtype, device=m.device).masked_fill(~m, float("-inf")) \
             if m.dtype == torch.bool else m
     q = query.reshape(b, kv_heads, h // kv_heads, d)
+    q = q if q.stride(-1) == 1 else q.contiguous()
     scale = float(d ** -0.5 if scale is None else scale)
     if torch.compiler.is_compiling():
         out = _decode_attention_op(q, key, value, mask, scale)

@@ -69,6 +69,17 @@ def test_masked_slots_are_never_read(dtype):
     assert torch.equal(got[2], torch.zeros_like(got[2]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_nan_in_a_live_slot_propagates(dtype):
+    """As in the definition: a NaN key in a slot that is attended makes the row's output NaN (never hidden)."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 2, 3, 64, generator=g).to(dtype)
+    k, v = (torch.randn(2, 2, 21, 64, generator=g).to(dtype) for _ in range(2))
+    k[0, 1, 3, 5] = float("nan")
+    got = ext.decode_attention_cpu(q, k, v, torch.zeros(2, 21, dtype=dtype), 0.125)
+    assert got[0, 1].isnan().all() and not got[0, 0].isnan().any() and not got[1].isnan().any()
+
+
 def test_strided_cache_views_and_argument_checks():
     g = torch.Generator().manual_seed(1)
     big_k, big_v = (torch.randn(2, 4, 40, 64, generator=g) for _ in range(2))
@@ -111,6 +122,11 @@ def test_the_backend_gate():
     assert backends.decode_attention(q.half(), k.half(), v.half(), None) is None
     assert backends.decode_attention(torch.randn(b, heads, 2, d), k, v, None) is None  # two query tokens
     assert backends.decode_attention(q, k, v, torch.zeros(b, heads, 1, T)) is None  # a per-head mask
+    assert backends.decode_attention(q, k, v, torch.zeros(b, 1, 1, T, dtype=torch.long)) is None  # not additive
+    strided = torch.randn(b, heads, d, 1, generator=g).transpose(2, 3)  # a query whose head dim is strided
+    assert_close(backends.decode_attention(strided, k, v, None, 0.2),
+                 torch.nn.functional.scaled_dot_product_attention(strided, k, v, scale=0.2, enable_gqa=True)
+                 .transpose(1, 2), atol=1e-5, rtol=1e-5, what="strided query")
     with backends.use("torch"):
         assert backends.decode_attention(q, k, v, None) is None
 
