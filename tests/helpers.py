@@ -220,3 +220,22 @@ def ssd_inputs(b, T, H, P, G, N, seed=0):
     D = torch.randn(H, generator=g)
     s0 = torch.randn(b, H, P, N, generator=g)
     return x, dt, A, B, C, D, s0
+
+
+def count_csrc_calls(monkeypatch) -> dict[str, int]:
+    """Calls of each csrc kernel from now to the end of the test, by kernel name: the loaded extension is swapped
+    for a proxy that counts and forwards (the custom ops look it up at every call, inside compiled graphs too)."""
+    from hybrid.ops import csrc
+    ext, calls = csrc.extension(), {}
+
+    class Counting:
+        def __getattr__(self, name):
+            fn = getattr(ext, name)
+
+            def counted(*args):
+                calls[name] = calls.get(name, 0) + 1
+                return fn(*args)
+            return counted
+
+    monkeypatch.setitem(csrc._state, "module", Counting())
+    return calls

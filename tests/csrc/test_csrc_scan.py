@@ -2,7 +2,7 @@
 against the sequential definitions in hybrid/ops, over awkward shapes, with every output buffer poisoned."""
 import pytest
 import torch
-from helpers import assert_close, tiny_hybrid
+from helpers import assert_close, count_csrc_calls, tiny_hybrid
 
 from hybrid.ops import backends, csrc
 from hybrid.ops.conv1d import causal_conv1d_ref, causal_conv1d_update
@@ -155,18 +155,7 @@ def test_hybrid_prefill_and_decode_agree_across_backends(monkeypatch, mixer):
     model = tiny_hybrid("llama", [1], mixer=mixer, chunk_size=16).eval()
     ids = torch.randint(3, 97, (2, 40))
     pos = torch.cat([torch.arange(15), torch.arange(25)])[None].expand(2, -1)  # two packed documents per row
-    calls = {}
-
-    class Spy:  # counts which kernels of the extension the model calls
-        def __getattr__(self, name):
-            fn = getattr(ext, name)
-
-            def counted(*a):
-                calls[name] = calls.get(name, 0) + 1
-                return fn(*a)
-            return counted
-
-    monkeypatch.setitem(csrc._state, "module", Spy())
+    calls = count_csrc_calls(monkeypatch)  # which kernels of the extension the model calls
     runs = {}
     for kernels in ("torch", "csrc"):
         with backends.use(kernels), torch.no_grad():

@@ -149,35 +149,25 @@ def test_runs_inside_a_compiled_graph():
     assert torch.equal(got, want * 2)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3", "mistral"])
-@pytest.mark.parametrize("decode", ["eager", "static"])
+@pytest.mark.parametrize("family,decode", [("llama", "eager"), ("llama", "static"), ("qwen3", "eager"),
+                                           ("qwen3", "static"), ("mistral", "eager")])  # static: full attention only
 def test_generation_on_the_kernel_equals_generation_on_torch_sdpa(family, decode, monkeypatch):
     """Models with sdpa attention (qwen3: head dim 24, the kernel's generic path; mistral: a 16-token sliding
     window, past by the end) generate through csrc's decode attention the tokens that transformers' own sdpa gives
     (backend "torch"), with left-padded prompts; the kernel ran at every step."""
-    from helpers import tiny_teacher
+    from helpers import count_csrc_calls, tiny_teacher
 
     from hybrid.generation import SamplingParams, generate
-    from hybrid.ops import csrc
     model = tiny_teacher(family, num_layers=2)
     model.set_attn_implementation("sdpa")
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]
     params = SamplingParams(max_new_tokens=14)
-    if decode == "static" and family == "mistral":
-        pytest.skip("the static step needs full attention layers")
     with backends.use("torch"):
         want = generate(model, prompts, params, eos_token_id=[], decode=decode)
-    calls = []
-
-    class Counting:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(ext, name)
-
-    monkeypatch.setitem(csrc._state, "module", Counting())
+    calls = count_csrc_calls(monkeypatch)
     got = generate(model, prompts, params, eos_token_id=[], decode=decode)
     assert got.sequences == want.sequences
-    assert calls.count("decode_attention_cpu") == (params.max_new_tokens - 1) * 2  # every step, both layers
+    assert calls.get("decode_attention_cpu") == (params.max_new_tokens - 1) * 2  # every step, both layers
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "mistral"])

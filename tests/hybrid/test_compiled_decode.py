@@ -7,7 +7,7 @@ Compilation dominates this file's time (inductor's C++ kernels; tens of seconds 
 model is compiled once, by its module-scoped fixture, at the one shape every test uses."""
 import pytest
 import torch
-from helpers import assert_close, tiny_hybrid, tiny_teacher
+from helpers import assert_close, count_csrc_calls, tiny_hybrid, tiny_teacher
 from torch._dynamo.utils import counters
 
 from hybrid.generation import (COMPILE_LEN_BUCKET, SamplingParams, StaticDecodeStep, cache_tensors, generate,
@@ -62,25 +62,13 @@ def test_compiled_step_runs_the_csrc_custom_ops_inside_its_graph(mixer, monkeypa
     step are torch.library custom ops: the compiled step, still one graph without a break, calls csrc's kernels at
     every step and gives the eager tokens; the pybind-only Mamba1 step stays on the traced torch path."""
     from hybrid.ops import csrc
-    ext = csrc.extension()
-    if ext is None:
-        pytest.skip("csrc did not build here")
+    if csrc.extension() is None:
+        pytest.skip("csrc did not build here: there is no kernel to count")
     model = tiny_teacher("llama", num_layers=2) if mixer is None else tiny_hybrid("llama", mixer=mixer, num_layers=2)
     model.set_attn_implementation("sdpa")
     model.eval()
     eager = generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="eager").sequences
-    calls = {}
-
-    class Counting:
-        def __getattr__(self, name):
-            fn = getattr(ext, name)
-
-            def counted(*args):
-                calls[name] = calls.get(name, 0) + 1
-                return fn(*args)
-            return counted
-
-    monkeypatch.setitem(csrc._state, "module", Counting())
+    calls = count_csrc_calls(monkeypatch)
     graphs, breaks = _graphs()
     out = generate(model, PROMPTS, GREEDY, eos_token_id=[], decode="compiled")
     assert _graphs()[1] == breaks and _graphs()[0] == graphs + 1
